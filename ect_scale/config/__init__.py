@@ -1,0 +1,146 @@
+"""The full run configuration: one typed dataclass per component, composed into `Config`.
+
+    cfg = load_config("configs/ect-img512-s.yaml", ["--ect.q=4", "--train.batch_gpu=16"])
+
+YAML files may name a `base:` file (path relative to the YAML) whose values they extend. Precedence:
+dataclass defaults < base YAML < YAML < command-line overrides. `dump_config` writes the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+
+from ect_scale.config.base import ConfigError, apply_overrides, check, from_dict, parse_nimg, parse_override_args, to_dict
+from ect_scale.config.checkpoint import CheckpointConfig
+from ect_scale.config.data import DataConfig
+from ect_scale.config.ect import ECTConfig
+from ect_scale.config.ema import EMAConfig
+from ect_scale.config.engine import EngineConfig
+from ect_scale.config.eval import EvalConfig
+from ect_scale.config.logging import LoggingConfig
+from ect_scale.config.network import NetworkConfig
+from ect_scale.config.optim import OptimConfig
+from ect_scale.config.train import TrainLoopConfig
+
+__all__ = [
+    "Config", "ConfigError", "load_config", "load_yaml", "dump_config", "config_from_dict", "parse_override_args",
+    "NetworkConfig", "ECTConfig", "TrainLoopConfig", "OptimConfig", "EngineConfig", "DataConfig", "EMAConfig",
+    "CheckpointConfig", "EvalConfig", "LoggingConfig", "check", "from_dict", "to_dict", "parse_nimg",
+]
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/ect"             # Output directory (TensorBoard, stats.jsonl, resolved config, checkpoints).
+    init: Optional[str] = None            # Pretrained network file (safetensors + config) to start from; null = random init.
+    description: str = ""                 # Free text shown in the config table and saved with the run.
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ect: ECTConfig = field(default_factory=ECTConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, path: str = "") -> None:
+        check(abs(self.network.sigma_data - self.ect.sigma_data) < 1e-12, "ect.sigma_data",
+              f"must equal network.sigma_data ({self.ect.sigma_data} != {self.network.sigma_data})",
+              "set both to the same value (EDM2: 0.5)")
+        if self.ect.learned_uncertainty:
+            check(self.network.logvar_channels > 0, "ect.learned_uncertainty",
+                  "needs the log-variance head", "set network.logvar_channels > 0 (EDM2: 128)")
+        if self.engine.precision == "fp32":
+            check(self.network.compute_dtype == "float32", "network.compute_dtype",
+                  "must be float32 when engine.precision is fp32", "set network.compute_dtype=float32 or engine.precision=bf16")
+
+    # Fields that must not change when resuming a run (the checkpoint stores them and names any difference).
+    IMMUTABLE = ("network", "ect", "train.batch_size", "train.seed", "optim", "ema.stds", "ema.beta")
+    # ...except these, which change speed but not the model or the objective.
+    RESUME_SAFE = ("network.compute_dtype", "network.attention")
+
+
+def load_yaml(path: str) -> dict:
+    """Read a YAML config, resolving `base:` chains (relative to the including file)."""
+    seen = []
+    return _load_yaml(os.path.abspath(path), seen)
+
+
+def _load_yaml(path: str, seen: list[str]) -> dict:
+    if path in seen:
+        raise ConfigError(f"base: circular include {' -> '.join(seen + [path])}. Fix: remove the cycle")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: file not found: {path}. Fix: pass an existing YAML file (see configs/)")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = _load_yaml(os.path.normpath(os.path.join(os.path.dirname(path), base)), seen + [path])
+    return _merge(parent, raw)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(raw: dict, overrides: Optional[dict[str, str]] = None) -> Config:
+    """Build and validate a `Config` from a nested dict plus dotted overrides."""
+    return from_dict(Config, apply_overrides(raw, overrides or {}))
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str] | dict[str, str]] = None) -> Config:
+    """Load a YAML recipe (or defaults if `path` is None) and apply `--a.b=value` overrides."""
+    raw = load_yaml(path) if path else {}
+    if isinstance(overrides, list):
+        overrides, rest = parse_override_args(overrides)
+        if rest:
+            raise ConfigError(f"unrecognised arguments {rest}. Fix: write overrides as --section.option=value")
+    return config_from_dict(raw, overrides or {})
+
+
+def dump_config(cfg: Config, path: Optional[str] = None) -> str:
+    """Resolved config as YAML text; also written to `path` if given."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+def immutable_fields(cfg: Config) -> dict:
+    """The resume-sensitive part of the config, flattened to 'a.b' -> value, for hashing and diffing."""
+    flat = {}
+    d = to_dict(cfg)
+    for key in Config.IMMUTABLE:
+        node = d
+        for part in key.split("."):
+            node = node[part]
+        _flatten(key, node, flat)
+    return {k: v for k, v in flat.items() if k not in Config.RESUME_SAFE}
+
+
+def _flatten(prefix: str, node, out: dict) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = node
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace re-exported for convenience in tests and tools."""
+    return dataclasses.replace(cfg, **changes)

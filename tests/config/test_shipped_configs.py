@@ -1,0 +1,24 @@
+"""Every YAML recipe in configs/ parses and validates."""
+
+import glob
+import os
+
+import pytest
+
+from ect_scale.config import load_config
+from tests.conftest import REPO
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+
+
+def test_configs_exist():
+    assert len(CONFIGS) >= 12
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+def test_config_parses(path):
+    cfg = load_config(path)
+    assert cfg.train.batch_size % cfg.train.batch_gpu == 0
+    if "base" not in os.path.basename(path) and "img" in os.path.basename(path):
+        assert cfg.network.preset and cfg.network.preset in os.path.basename(path).replace("ect-", "edm2-")
+        assert cfg.ect.objective == "ect" and cfg.network.dropout_res == 16

@@ -1,0 +1,92 @@
+"""Shared test fixtures: small CPU threads, tiny network configs, deterministic seeds."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny_config():
+    from ect_scale.config import NetworkConfig, from_dict
+
+    def make(**overrides):
+        return from_dict(NetworkConfig, {"preset": "tiny-latent", **overrides}, "network")
+
+    return make
+
+
+@pytest.fixture
+def tiny_net(tiny_config):
+    from ect_scale.networks import build_network
+
+    def make(seed=0, **overrides):
+        torch.manual_seed(seed)
+        net = build_network(tiny_config(**overrides))
+        with torch.no_grad():  # Non-zero gains so the residual/output paths matter in tests.
+            for name, p in net.named_parameters():
+                if p.ndim == 0:
+                    p.fill_(0.7)
+        return net
+
+    return make
+
+
+# ----------------------------------------------------------------------------
+# A real S3-protocol server on loopback (moto's ThreadedMotoServer, as s3fs's own suite uses). No in-process mocks:
+# s3fs (aiobotocore) and DataLoader worker processes talk to it over HTTP.
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Start moto's S3 server once per session; yields its endpoint URL. Credentials are fake but required."""
+    moto_server = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "FSSPEC_S3_ENDPOINT_URL", "AWS_PROFILE", "BOTO_CONFIG")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      FSSPEC_S3_ENDPOINT_URL=endpoint, BOTO_CONFIG="/dev/null")
+    os.environ.pop("AWS_PROFILE", None)
+    import fsspec.config
+
+    fsspec.config.set_conf_env(fsspec.config.conf)  # fsspec reads FSSPEC_* at import; refresh for this process.
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        fsspec.config.conf.pop("s3", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the loopback server; yields 's3://<name>'. Clears s3fs's instance cache."""
+    import uuid
+
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    yield f"s3://{name}"
+    s3fs.S3FileSystem.clear_instance_cache()
