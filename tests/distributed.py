@@ -10,6 +10,7 @@ comes back in rank order. An exception or a hang on any rank fails the test with
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import socket
@@ -35,7 +36,9 @@ def _entry(fn, rank, world_size, port, args, env, queue):
 
         torch.set_num_threads(1)
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        buf = io.BytesIO()
+        torch.save(result, buf)  # Bytes, not shared-memory tensors: the child exits before the parent reads.
+        queue.put((rank, "ok", buf.getvalue()))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -79,7 +82,9 @@ def run_ranks(fn: Callable, world_size: int, args: Sequence[Any] = (), timeout: 
                     break
                 continue
             if status == "ok":
-                results[rank] = payload
+                import torch
+
+                results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
             else:
                 errors.append(f"--- rank {rank} ---\n{payload}")
                 break

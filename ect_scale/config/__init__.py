@@ -105,7 +105,7 @@ def load_config(path: Optional[str], overrides: Optional[list[str] | dict[str, s
     """Load a YAML recipe (or defaults if `path` is None) and apply `--a.b=value` overrides."""
     raw = load_yaml(path) if path else {}
     if isinstance(overrides, list):
-        overrides, rest = parse_override_args(overrides)
+        overrides, rest = parse_override_args(overrides, allowed_plain=("run_dir", "init", "description"))
         if rest:
             raise ConfigError(f"unrecognised arguments {rest}. Fix: write overrides as --section.option=value")
     return config_from_dict(raw, overrides or {})

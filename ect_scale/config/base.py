@@ -202,7 +202,7 @@ def to_dict(obj: Any) -> Any:
 # Dotted command-line overrides.
 
 
-def parse_override_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+def parse_override_args(argv: list[str], allowed_plain: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
     """Split `--a.b=value` / `--a.b value` pairs out of argv. Returns (overrides, leftover args).
 
     Only dotted keys or keys given in `allowed_plain` are treated as overrides; the rest is returned.
@@ -212,7 +212,8 @@ def parse_override_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and ("." in name or name in allowed_plain):
             key, sep, value = arg[2:].partition("=")
             if not sep:
                 if i + 1 >= len(argv):

@@ -10,6 +10,7 @@ from ect_scale.config.base import check
 
 @dataclass
 class CheckpointConfig:
+    enabled: bool = True                  # Save training state (off only for benchmarks and throwaway runs).
     dir: Optional[str] = None             # Local path or fsspec URL (s3://...); default <run_dir>/checkpoints.
     interval_nimg: int = 2_000_000        # Save every this many images (and at the end / on SIGTERM).
     keep_last: int = 3                    # Keep the newest K complete checkpoints ...

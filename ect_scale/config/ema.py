@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from ect_scale.config.base import check
 
@@ -12,6 +12,7 @@ from ect_scale.config.base import check
 class EMAConfig:
     stds: list[float] = field(default_factory=lambda: [0.010, 0.050, 0.100])  # sigma_rel of power EMAs (ECT ImageNet).
     beta: Optional[float] = 0.9999        # Traditional EMA decay per step; null = off (ECT keeps one at 0.9999).
+    export_dtype: Literal["float16", "float32"] = "float16"  # Exported EMA files (EDM2 snapshots are fp16).
     export_nimg: int = 8_388_608          # Export each EMA as a world-size-independent file every this many images (EDM2: 8Mi); 0 = at checkpoints only.
 
     def validate(self, path: str = "ema") -> None:

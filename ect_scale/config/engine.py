@@ -29,3 +29,6 @@ class EngineConfig:
         check(self.reduce_bucket_size > 0, f"{p}.reduce_bucket_size", "must be > 0", "use 5e8")
         check(not (self.offload_optimizer == "cpu" and self.zero_stage == 0), f"{p}.offload_optimizer",
               "CPU offload needs ZeRO stage >= 1", "set engine.zero_stage to 1, 2 or 3")
+        check(not (self.precision == "bf16" and self.zero_stage == 0), f"{p}.zero_stage",
+              "bf16 needs ZeRO stage >= 1 (DeepSpeed's stage-0 bf16 path keeps no fp32 master weights)",
+              "use engine.zero_stage=1, or engine.precision=fp32 for stage 0")

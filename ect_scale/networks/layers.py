@@ -94,11 +94,8 @@ class MPConv(torch.nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.fan_in = in_channels * math.prod(kernel)  # From the constructor: ZeRO-3 empties partitioned weights.
         self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
-
-    @property
-    def fan_in(self) -> int:
-        return self.weight[0].numel()
 
     def effective_weight(self, dtype: torch.dtype, gain=1.0) -> torch.Tensor:
         w = normalize(self.weight.to(torch.float32))  # Eq. 47 weight normalisation (fp32).

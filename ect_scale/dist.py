@@ -1,0 +1,109 @@
+"""Process-group facade: safe to call without a process group (single process = rank 0 of 1).
+
+Launchers (deepspeed, torchrun, SLURM srun) set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; the
+deepspeed launcher may instead pass `--local_rank`, which `launchers/train.py` tolerates. `init()` picks NCCL on
+GPUs and gloo on CPUs. Rank-0-only side effects are decided here (`is_main`), never at call sites.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as tdist
+
+
+def _env_int(*names: str, default: int) -> int:
+    for n in names:
+        if os.environ.get(n) not in (None, ""):
+            return int(os.environ[n])
+    return default
+
+
+def env_rank() -> int:
+    return _env_int("RANK", "SLURM_PROCID", default=0)
+
+
+def env_world_size() -> int:
+    return _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+
+
+def env_local_rank() -> int:
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+
+
+def is_initialized() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def get_rank() -> int:
+    return tdist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return tdist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def device() -> torch.device:
+    """This rank's compute device: cuda:<local_rank> when CUDA is usable, else cpu."""
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        return torch.device("cuda", env_local_rank() % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
+
+
+def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
+    """Initialise the default process group from the environment (no-op for a single process)."""
+    if is_initialized():
+        return
+    dev = device()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if env_world_size() == 1 and "MASTER_ADDR" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
+                          RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    minutes = timeout_min if timeout_min is not None else float(os.environ.get("ECT_DIST_TIMEOUT_MIN", "60"))
+    import deepspeed  # Lazy: deepspeed's comm layer wraps torch.distributed and must own the group.
+
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=minutes),
+                               rank=env_rank(), world_size=env_world_size())
+
+
+def barrier() -> None:
+    if is_initialized():
+        tdist.barrier()
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (sum/max/min); identity without a process group."""
+    if is_initialized() and get_world_size() > 1:
+        ops = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}
+        tdist.all_reduce(t, op=ops[op])
+    return t
+
+
+def any_true(flag: bool, device_: Optional[torch.device] = None) -> bool:
+    """True on every rank if `flag` is true on any rank (a collective)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device_ or device())
+    return bool(all_reduce_(t, "max").item() > 0)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s Python object on every rank."""
+    if not is_initialized() or get_world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)

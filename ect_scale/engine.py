@@ -1,0 +1,205 @@
+"""The DeepSpeed engine, built from our config. The only module that imports deepspeed.
+
+What it adds to a plain `deepspeed.initialize`:
+  * forced weight normalisation (EDM2 Eq. 66) on the fp32 master weights inside the optimizer step, right
+    after Adam updates a partition and before DeepSpeed copies it to the bf16 parameters and all-gathers them:
+    no extra gather, one all-reduce of per-row norms (`master.MasterWeights`);
+  * a non-finite guard: a step is skipped on every rank when any rank's loss was not finite or the global
+    gradient norm is not finite (bf16 ZeRO-1/2 has no overflow check of its own; `systems.md` §1.7);
+  * the pretrained fp32 weights are written into the fp32 master copy (DeepSpeed would otherwise start from the
+    bf16-rounded module), and MP-Fourier buffers stay fp32 (their random frequencies are fixed constants);
+  * the learning rate is set per step from images seen (EDM2's inverse-square-root schedule).
+Gradients are averaged over the global batch: each micro-batch backpropagates its mean loss, DeepSpeed divides
+by the accumulation rounds and averages over ranks, so the loss scale is independent of the world size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ect_scale import dist
+from ect_scale.config import Config
+from ect_scale.master import MasterWeights, _key
+from ect_scale.networks.layers import MPFourier
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """The DeepSpeed JSON for this run (printed at startup; see `systems.md` §1.2)."""
+    e, o = cfg.engine, cfg.optim
+    rounds = cfg.train.accumulation_rounds(world_size)
+    bf16 = e.precision == "bf16"
+    on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    zero: dict = {"stage": e.zero_stage}
+    if e.zero_stage > 0:
+        zero.update(overlap_comm=e.overlap_comm and on_gpu, contiguous_gradients=True, reduce_scatter=True,
+                    reduce_bucket_size=int(e.reduce_bucket_size), allgather_bucket_size=int(e.reduce_bucket_size))
+    if e.zero_stage == 3:
+        zero.update(stage3_param_persistence_threshold=int(1e5), stage3_prefetch_bucket_size=int(5e7))
+    if e.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    adam = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+            "adam_w_mode": False, "torch_adam": True}  # Plain Adam (DeepSpeed's "Adam" means AdamW otherwise).
+    if on_gpu and e.offload_optimizer == "none":
+        adam["fused"] = True
+    config = {
+        "train_batch_size": cfg.train.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.batch_gpu,
+        "gradient_accumulation_steps": rounds,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "gradient_clipping": o.grad_clip,
+        "optimizer": {"type": "Adam", "params": adam},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"tag_validation": "Fail"},
+    }
+    if bf16:
+        config["communication_data_type"] = e.communication_dtype
+        config["data_types"] = {"grad_accum_dtype": e.grad_accum_dtype}
+    if e.offload_optimizer == "cpu":
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def _promote_scalars(net: torch.nn.Module) -> None:
+    """0-dim parameters (EDM2's gains) become shape [1]: deepspeed 0.19.8 cannot broadcast 0-dim tensors
+    (`p.data.view(torch.uint8)`). Broadcasting makes this invisible to the network; exports restore the shape."""
+    for p in net.parameters():
+        if p.ndim == 0:
+            p.data = p.data.reshape(1)
+
+
+@dataclass
+class StepResult:
+    applied: bool          # False if the step was skipped (non-finite loss or gradient on some rank).
+    grad_norm: float       # Global gradient norm before clipping (nan if unknown).
+
+
+class Engine:
+    """A DeepSpeed engine around `net` with master-weight hooks. Call `micro_step` for every micro-batch."""
+
+    def __init__(self, cfg: Config, net: torch.nn.Module, fp32_state: Optional[dict[str, torch.Tensor]] = None):
+        import deepspeed
+
+        self.cfg = cfg
+        self.world_size = dist.get_world_size()
+        self.rounds = cfg.train.accumulation_rounds(self.world_size)
+        if fp32_state is None:
+            fp32_state = {n: p.detach().to(torch.float32).clone() for n, p in net.named_parameters()}
+        buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
+        self.param_shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
+        _promote_scalars(net)
+        self.ds_config = deepspeed_config(cfg, self.world_size)
+        params = [p for p in net.parameters() if p.requires_grad]
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=net, model_parameters=params,
+                                                                 config=self.ds_config)
+        self.module = self.engine.module
+        self._restore_fp32_buffers(buffers)
+        self.master = MasterWeights(self.module, self.optimizer, cfg.engine.zero_stage)
+        self._inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        self._install_step_hook()
+        self.load_master_(fp32_state)
+        self._force_skip = False
+        self._applied = False
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ setup
+    def _restore_fp32_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
+        """DeepSpeed casts the module to bf16, buffers included; MP-Fourier frequencies/phases must stay exact."""
+        named = dict(self.module.named_buffers())
+        for mname, m in self.module.named_modules():
+            if isinstance(m, MPFourier):
+                for b in ("freqs", "phases"):
+                    key = f"{mname}.{b}" if mname else b
+                    setattr(m, b, buffers[key].to(named[key].device, torch.float32))
+
+    @torch.no_grad()
+    def load_master_(self, state: dict[str, torch.Tensor]) -> None:
+        """Write full fp32 tensors into the master weights and refresh the low-precision copies (collective)."""
+        self.master.check_layout()
+        self.master.scatter_(state)
+        self.refresh_low_precision()
+
+    def refresh_low_precision(self) -> None:
+        """Copy the fp32 masters to the module's (bf16) parameters on every rank (collective for ZeRO-1/2)."""
+        opt = self.optimizer
+        if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3: local partitions only.
+            for lp, hp in zip(opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat):
+                if lp is not None:
+                    lp.data.copy_(hp.data)
+        elif hasattr(opt, "update_lp_params"):            # ZeRO-1/2 and BF16_Optimizer: copy + all-gather.
+            opt.update_lp_params()
+
+    def _install_step_hook(self) -> None:
+        """Wrap the basic optimizer's step: skip it when asked or when the gradient norm is not finite, and apply
+        forced weight normalisation to the partitions it just updated."""
+        inner = self._inner
+        original = inner.step
+
+        def step(*args, **kwargs):
+            if self._force_skip or not self._grad_norm_ok():
+                return None
+            out = original(*args, **kwargs)
+            updated = {_key(p) for g in inner.param_groups for p in g["params"]}
+            self.master.forced_weight_norm_(updated)
+            self._applied = True
+            return out
+
+        inner.step = step
+
+    def _grad_norm_ok(self) -> bool:
+        norm = getattr(self.optimizer, "_global_grad_norm", None)
+        if norm is None or self.optimizer is self._inner:  # No ZeRO: gradients are already all-reduced.
+            grads = [p.grad for g in self._inner.param_groups for p in g["params"] if p.grad is not None]
+            if not grads:
+                return True
+            return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        norm = float(norm)
+        return math.isfinite(norm) and norm >= 0
+
+    # ------------------------------------------------------------------ training
+    def forward(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    __call__ = forward
+
+    def micro_step(self, loss: torch.Tensor, lr: float, skip: bool = False) -> Optional[StepResult]:
+        """Backward for one micro-batch; at the accumulation boundary also set `lr`, step and report.
+
+        `skip` must be the same on every rank (decide it with `dist.any_true`)."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        if not boundary:
+            self.engine.step()
+            return None
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self._force_skip, self._applied = skip, False
+        self.engine.step()
+        self._force_skip = False
+        if not self._applied:
+            self.skipped_steps += 1
+        return StepResult(applied=self._applied, grad_norm=self.grad_norm())
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return float("nan")
+        return float(norm)
+
+    def is_boundary(self) -> bool:
+        return self.engine.is_gradient_accumulation_boundary()
+
+    # ------------------------------------------------------------------ views
+    def full_state(self, dst_device="cpu") -> dict[str, torch.Tensor]:
+        """fp32 parameters (from the masters) plus buffers: a world-size-independent state dict (collective)."""
+        state = self.master.gather(dst_device=dst_device)
+        state = {n: t.reshape(self.param_shapes[n]) for n, t in state.items()}
+        for n, b in self.module.named_buffers():
+            state[n] = b.detach().to(dst_device).clone()
+        return state

@@ -1,0 +1,203 @@
+"""Monitoring: cross-rank statistics, TensorBoard (kimg axis), stats.jsonl, and rank-0 terminal output.
+
+Per-step values are accumulated on the device without host syncs and reduced across ranks only at status time.
+Rank 0 writes TensorBoard events to <run_dir>/tensorboard and appends the same scalars to <run_dir>/stats.jsonl;
+it shows a rich progress bar and a config table on an interactive terminal, and fixed-width status lines
+otherwise (SLURM logs). Other ranks stay quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from ect_scale import dist
+
+# Dense bf16 peak FLOP/s by device name (torchtitan's table; H200 = H100 SXM compute).
+PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+                   ("A10", 125e12), ("V100", 125e12)]
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    """Dense bf16 peak of the device, or None (e.g. on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS:
+        if key in name:
+            return value
+    return None
+
+
+class StepStats:
+    """Device-side accumulators for one status interval."""
+
+    def __init__(self, device: torch.device, num_buckets: int, P_mean: float, P_std: float):
+        self.device = device
+        # Bucket edges in ln t: num_buckets equal-probability bins of the lognormal t distribution.
+        probs = torch.linspace(0, 1, num_buckets + 1)[1:-1].double()
+        z = torch.erfinv(2 * probs - 1) * math.sqrt(2)
+        self.edges = (P_mean + P_std * z).float().to(device)
+        self.num_buckets = num_buckets
+        self.reset()
+
+    def reset(self) -> None:
+        d = self.device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=d)
+        self.count = torch.zeros((), dtype=torch.float64, device=d)
+        self.bucket_sum = torch.zeros(self.num_buckets, dtype=torch.float64, device=d)
+        self.bucket_count = torch.zeros(self.num_buckets, dtype=torch.float64, device=d)
+        self.nonfinite_targets = torch.zeros((), dtype=torch.float64, device=d)
+        self.grad_norm_sum, self.grad_norm_count = 0.0, 0
+        self.data_sec, self.step_sec, self.images = 0.0, 0.0, 0
+
+    @torch.no_grad()
+    def add_micro(self, loss: torch.Tensor, t: torch.Tensor, nonfinite: torch.Tensor) -> None:
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        loss = torch.where(finite, loss, torch.zeros_like(loss))
+        self.loss_sum += loss.sum()
+        self.count += finite.sum()
+        idx = torch.bucketize(t.detach().log().float(), self.edges)
+        self.bucket_sum.index_add_(0, idx, loss)
+        self.bucket_count.index_add_(0, idx, finite.double())
+        self.nonfinite_targets += nonfinite.double()
+
+    def reduce(self) -> dict:
+        """Cross-rank sums (collective) -> plain floats."""
+        packed = torch.cat([self.loss_sum.view(1), self.count.view(1), self.bucket_sum, self.bucket_count,
+                            self.nonfinite_targets.view(1)])
+        packed = dist.all_reduce_(packed)
+        nb = self.num_buckets
+        loss_sum, count = float(packed[0]), float(packed[1])
+        bucket_sum, bucket_count = packed[2:2 + nb].tolist(), packed[2 + nb:2 + 2 * nb].tolist()
+        edges = [-math.inf] + self.edges.exp().tolist() + [math.inf]
+        out = {"Loss/mean": loss_sum / max(count, 1.0), "Loss/nonfinite_targets": float(packed[-1])}
+        for i in range(nb):
+            if bucket_count[i] > 0:
+                lo, hi = edges[i], edges[i + 1]
+                out[f"Loss/t_{_fmt_t(lo)}-{_fmt_t(hi)}"] = bucket_sum[i] / bucket_count[i]
+        return out
+
+
+def _fmt_t(t: float) -> str:
+    if math.isinf(t):
+        return "0" if t < 0 else "inf"
+    return f"{t:.3g}"
+
+
+class Monitor:
+    """TensorBoard + stats.jsonl + terminal output, active on rank 0 only."""
+
+    def __init__(self, run_dir: str, cfg, total_nimg: int, start_nimg: int = 0):
+        self.active = dist.is_main()
+        self.cfg = cfg
+        self.total_nimg = total_nimg
+        self.writer = None
+        self.jsonl = None
+        self.progress = None
+        mode = cfg.logging.progress
+        self.interactive = mode == "rich" or (mode == "auto" and sys.stdout.isatty())
+        self.quiet = mode == "none"
+        if not self.active:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), flush_secs=30)
+        if cfg.logging.jsonl:
+            self.jsonl = open(os.path.join(run_dir, "stats.jsonl"), "a")
+        if self.interactive and not self.quiet:
+            self._start_progress(start_nimg)
+
+    def _start_progress(self, start_nimg: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]ECT"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} kimg"),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 refresh_per_second=2)
+        self.task = self.progress.add_task("train", total=self.total_nimg / 1000, completed=start_nimg / 1000,
+                                           status="starting")
+        self.progress.start()
+
+    def print(self, *lines: str) -> None:
+        if not self.active or self.quiet:
+            return
+        for line in lines:
+            if self.progress is not None:
+                self.progress.console.print(line)
+            else:
+                print(line, flush=True)
+
+    def config_table(self, rows: list[tuple[str, str]]) -> None:
+        if not self.active or self.quiet:
+            return
+        if self.interactive:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title="ect_scale run", show_header=False)
+            for k, v in rows:
+                table.add_row(k, v)
+            (self.progress.console if self.progress else Console()).print(table)
+        else:
+            width = max(len(k) for k, _ in rows)
+            self.print(*[f"{k:<{width}}  {v}" for k, v in rows])
+
+    def tick(self, nimg: int, status: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=nimg / 1000, status=status)
+
+    def log(self, nimg: int, scalars: dict[str, float]) -> None:
+        """Write scalars on the kimg axis (rank 0) and print a status line."""
+        if not self.active:
+            return
+        kimg = nimg / 1000
+        if self.writer is not None:
+            for k, v in scalars.items():
+                if v is not None and math.isfinite(v):
+                    self.writer.add_scalar(k, v, global_step=int(round(kimg)), walltime=time.time())
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"kimg": kimg, "timestamp": time.time(), **scalars}) + "\n")
+            self.jsonl.flush()
+        self.tick(nimg, _short_status(scalars))
+        if self.progress is None:
+            self.print(status_line(kimg, scalars))
+
+    def add_images(self, tag: str, images_uint8: torch.Tensor, nimg: int) -> None:
+        if self.active and self.writer is not None:
+            self.writer.add_images(tag, images_uint8, global_step=int(round(nimg / 1000)), dataformats="NCHW")
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def _short_status(s: dict) -> str:
+    return (f"loss {s.get('Loss/mean', float('nan')):.4f}  stage {int(s.get('ECT/stage', 0))}  "
+            f"{s.get('Throughput/img_per_sec', 0):.1f} img/s")
+
+
+def status_line(kimg: float, s: dict) -> str:
+    """EDM2-style fixed-width status line for non-interactive logs."""
+    mfu = s.get("Throughput/mfu")
+    mem = s.get("Resources/peak_gpu_mem_gb")
+    return (f"kimg {kimg:<10.1f} loss {s.get('Loss/mean', float('nan')):<9.5f} stage {int(s.get('ECT/stage', 0)):<3d}"
+            f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f} lr {s.get('Optim/lr', 0):<9.3e}"
+            f"gnorm {s.get('Grad/norm', float('nan')):<9.3g} img/s {s.get('Throughput/img_per_sec', 0):<9.1f}"
+            f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<7s}data {100 * s.get('Timing/data_wait_frac', 0):<6.1f}%"
+            f"mem {'-' if mem is None else f'{mem:.1f}G':<8s}skip {int(s.get('Progress/skipped_steps', 0))}")

@@ -1,0 +1,296 @@
+"""The ECT training loop: DeepSpeed engine, streamed data, EMAs, monitoring, checkpoints, preemption.
+
+Everything counts images seen (`nimg`): the ECT stage, the learning rate, the EMA decay, and every interval. One
+optimizer step consumes `train.batch_size` images: `accumulation_rounds` micro-batches of `train.batch_gpu` on each
+of the world's ranks. Randomness (t, noise, dropout masks, latent samples) is drawn from a generator seeded by
+(seed, rank, nimg, round), so a resumed run continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from ect_scale import dist
+from ect_scale.config import Config, dump_config, to_dict
+from ect_scale.ect import build_objective, learning_rate, nominal_ratio, stage_at, step_generator
+from ect_scale.ema import EMATracker
+from ect_scale.engine import Engine
+from ect_scale.monitor import Monitor, StepStats, peak_flops
+from ect_scale.netfile import check_compatible, load_network_file, save_network_file
+from ect_scale.networks import build_network, forced_weight_norm_
+from ect_scale.networks.flops import model_stats
+
+
+@dataclass
+class TrainState:
+    nimg: int = 0                 # Images seen (all ranks).
+    steps: int = 0                # Optimizer steps attempted.
+    skipped_steps: int = 0        # Steps skipped because a loss or the gradient norm was not finite.
+    nonfinite_targets: int = 0    # Target-pass samples dropped for being non-finite.
+    elapsed_sec: float = 0.0      # Training wall time across resumes.
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, type(getattr(self, k))(v))
+
+
+def start_network(cfg: Config) -> tuple[torch.nn.Module, dict, dict]:
+    """The network to tune: the `init:` file (the pretrained EDM2 EMA) or a random EDM2 init, with forced weight
+    normalisation applied once (a published EMA's rows are not unit-norm; `traps.md` 1). Returns the network,
+    its fp32 state and the init file's metadata."""
+    meta: dict = {}
+    if cfg.init:
+        keep = {k: getattr(cfg.network, k) for k in ("dropout", "dropout_res", "compute_dtype", "attention")}
+        net, meta = load_network_file(cfg.init, overrides=keep)
+        check_compatible(net.config, cfg.network, cfg.init)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        net = build_network(cfg.network)
+    forced_weight_norm_(net)
+    state = {n: p.detach().to(torch.float32).clone() for n, p in net.named_parameters()}
+    return net, state, meta
+
+
+class Trainer:
+    """Owns the run: call `run()` on every rank."""
+
+    def __init__(self, cfg: Config, stream=None):
+        self.cfg = cfg
+        dist.init(cfg.engine.backend)
+        self.device = dist.device()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.run_dir = cfg.run_dir
+        self._setup_run_dir()
+        torch.backends.cuda.matmul.allow_tf32 = cfg.engine.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.engine.tf32
+        net, fp32_state, self.init_meta = start_network(cfg)
+        self.engine = Engine(cfg, net, fp32_state)
+        self.module = self.engine.module
+        self.module.train()
+        zero3 = cfg.engine.zero_stage == 3 and self.world_size > 1
+        self.objective = build_objective(cfg.ect, reduce_any=dist.any_true if zero3 else None)
+        self.ema = EMATracker(cfg.ema, self.engine.master)
+        self.stream = stream if stream is not None else self._build_stream()
+        self.encoder = self.stream.encoder
+        self.state = TrainState()
+        self.batch_size = cfg.train.batch_size
+        self.checkpointer = self._build_checkpointer()
+        self.stop_requested = False
+        self._install_signal_handlers()
+        self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
+        self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
+        self.peak = peak_flops(self.device)
+        resumed = self.checkpointer.resume(self) if self.checkpointer is not None else False
+        self.monitor = Monitor(self.run_dir, cfg, cfg.train.total_nimg, self.state.nimg)
+        self._announce(resumed)
+        self._data_iter: Iterator = iter(self.stream)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_run_dir(self) -> None:
+        if dist.is_main():
+            os.makedirs(self.run_dir, exist_ok=True)
+            dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+        dist.barrier()
+
+    def _build_stream(self):
+        from ect_scale.data import build_train_stream
+
+        return build_train_stream(self.cfg.data, batch_gpu=self.cfg.train.batch_gpu, rank=self.rank,
+                                  world_size=self.world_size, seed=self.cfg.train.seed, network=self.cfg.network)
+
+    def _build_checkpointer(self):
+        if not self.cfg.checkpoint.enabled:
+            return None
+        from ect_scale.checkpoint import Checkpointer
+
+        return Checkpointer(self.cfg, self.run_dir)
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`): checkpoint at the next step boundary, exit."""
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        try:
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGUSR1, request_stop)
+        except ValueError:  # Not the main thread (e.g. embedded use): signals stay with the host program.
+            pass
+
+    def _announce(self, resumed: bool) -> None:
+        c = self.cfg
+        rows = [("run_dir", self.run_dir), ("network", f"{c.network.preset or 'custom'} "
+                f"({sum(math.prod(s) for s in self.engine.param_shapes.values()) / 1e6:.1f}M params, "
+                f"{c.network.compute_dtype})"),
+                ("init", c.init or "random (EDM2 init)"), ("objective", f"{c.ect.objective} q={c.ect.q:g} "
+                f"stage_nimg={c.ect.stage_nimg:,} c={c.ect.c:g} weighting={c.ect.weighting}"),
+                ("batch", f"{c.train.batch_size} = {c.train.batch_gpu} x {self.engine.rounds} rounds x {self.world_size} ranks"),
+                ("engine", f"ZeRO-{c.engine.zero_stage} {c.engine.precision} on {self.device.type}"),
+                ("optimizer", f"Adam lr={c.optim.lr:g} betas={tuple(c.optim.betas)} decay_nimg={c.optim.decay_nimg:,}"),
+                ("ema", ", ".join(self.ema.profiles)), ("data", c.data.url or c.data.kind),
+                ("duration", f"{c.train.total_nimg:,} images"),
+                ("start", f"resumed at {self.state.nimg:,} images" if resumed else "fresh start")]
+        self.monitor.config_table(rows)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainState:
+        cfg = self.cfg
+        slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
+        t_start = time.time()
+        last_status = time.time()
+        try:
+            while self.state.nimg < cfg.train.total_nimg:
+                before = self.state.nimg
+                self.train_step()
+                after = self.state.nimg
+                self.state.elapsed_sec += time.time() - t_start
+                t_start = time.time()
+                if _crossed(before, after, cfg.train.status_nimg) or after >= cfg.train.total_nimg:
+                    self.report(time.time() - last_status)
+                    last_status = time.time()
+                if cfg.ema.export_nimg and _crossed(before, after, cfg.ema.export_nimg):
+                    self.export_emas()
+                if cfg.eval.interval_nimg and _crossed(before, after, cfg.eval.interval_nimg):
+                    self.evaluate()
+                stop = dist.any_true(self.stop_requested) or (slice_end is not None and after >= slice_end)
+                if self.checkpointer is not None and (stop or self.checkpointer.due(before, after)):
+                    self.checkpointer.save(self)
+                if stop:
+                    self.monitor.print(f"Stopping at {after:,} images (preemption signal or slice end); "
+                                       "re-run the same command to resume.")
+                    break
+            else:
+                if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
+                    self.checkpointer.save(self)
+                if cfg.ema.export_nimg == 0 or self.state.nimg % cfg.ema.export_nimg:
+                    self.export_emas()
+        finally:
+            self.monitor.close()
+            self.stream.close()
+        return self.state
+
+    def train_step(self) -> None:
+        """One optimizer step over `batch_size` images (all ranks, all accumulation rounds)."""
+        cfg, eng = self.cfg, self.engine
+        nimg = self.state.nimg
+        lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
+        t0 = time.time()
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        result = None
+        for rnd in range(eng.rounds):
+            t_data = time.time()
+            raw, labels = next(self._data_iter)
+            self.stats.data_sec += time.time() - t_data
+            raw = raw.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            gen = step_generator(cfg.train.seed, self.rank, nimg, self.device, stream=rnd)
+            x0 = self.encoder.encode(raw, gen)
+            masks = self.module.sample_dropout_masks(x0.shape[0], gen, device=self.device,
+                                                     dtype=self.module.compute_dtype)
+            out = self.objective(eng, x0, labels, nimg, gen, masks)
+            loss = out.loss.mean()
+            bad |= ~torch.isfinite(loss)
+            self.stats.add_micro(out.loss, out.t, out.nonfinite_targets)
+            skip = dist.any_true(bool(bad)) if rnd == eng.rounds - 1 else False
+            result = eng.micro_step(loss, lr, skip=skip)
+        self.state.steps += 1
+        self.state.nimg = nimg + self.batch_size
+        if result.applied:
+            self.ema.update(self.state.nimg, self.batch_size)
+        else:
+            self.state.skipped_steps += 1
+            self.monitor.print(f"Skipped the step at {nimg:,} images: non-finite loss or gradient on some rank "
+                               f"({self.state.skipped_steps} skipped so far).")
+        if result.grad_norm == result.grad_norm:
+            self.stats.grad_norm_sum += result.grad_norm
+            self.stats.grad_norm_count += 1
+        self.stats.step_sec += time.time() - t0
+        self.stats.images += self.batch_size
+
+    # ------------------------------------------------------------------ periodic work
+    def report(self, wall_sec: float) -> None:
+        """Reduce the interval's statistics across ranks and log them (collective)."""
+        cfg, s = self.cfg, self.stats
+        nimg = self.state.nimg
+        scalars = s.reduce()
+        self.state.nonfinite_targets += int(scalars["Loss/nonfinite_targets"])
+        img_per_sec = s.images / max(wall_sec, 1e-9)
+        scalars.update({
+            "ECT/stage": float(stage_at(max(nimg - self.batch_size, 0), cfg.ect)),
+            "ECT/ratio": nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
+            "ECT/dt_over_t": 1 - nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
+            "Optim/lr": learning_rate(max(nimg - self.batch_size, 0), cfg.optim.lr, cfg.optim.decay_nimg,
+                                      cfg.optim.rampup_nimg),
+            "Grad/norm": s.grad_norm_sum / s.grad_norm_count if s.grad_norm_count else float("nan"),
+            "Throughput/img_per_sec": img_per_sec,
+            "Throughput/img_per_sec_per_gpu": img_per_sec / self.world_size,
+            "Timing/sec_per_kimg": wall_sec / max(s.images / 1000, 1e-9),
+            "Timing/data_wait_frac": s.data_sec / max(s.step_sec, 1e-9),
+            "Progress/kimg": nimg / 1000,
+            "Progress/skipped_steps": float(self.state.skipped_steps),
+        })
+        if self.peak:
+            scalars["Throughput/mfu"] = img_per_sec * self.flops_per_img / (self.peak * self.world_size)
+        if self.device.type == "cuda":
+            peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**30], device=self.device)
+            scalars["Resources/peak_gpu_mem_gb"] = float(dist.all_reduce_(peak, "max"))
+        for k, v in self.stream.counters().items():
+            scalars[f"Data/{k}"] = float(v)
+        self.monitor.log(nimg, scalars)
+        s.reset()
+
+    def ema_nets_state(self, profile: str) -> dict[str, torch.Tensor]:
+        return self.ema.full_state(profile, self.module, self.engine.param_shapes)
+
+    def export_emas(self) -> list[str]:
+        """Write each EMA as a world-size-independent network file under <run_dir>/ema (collective)."""
+        paths = []
+        kimg = self.state.nimg // 1000
+        dtype = torch.float16 if self.cfg.ema.export_dtype == "float16" else torch.float32
+        for profile in self.ema.profiles:
+            state = self.ema_nets_state(profile)
+            path = os.path.join(self.run_dir, "ema", f"ema-{kimg:07d}-{profile}.safetensors")
+            if dist.is_main():
+                meta = {"source": "ect_scale", "nimg": self.state.nimg, "ema": profile,
+                        "encoder": self.encoder.describe(), "config": to_dict(self.cfg.ect)}
+                save_network_file(path, state, self.cfg.network, meta=meta, dtype=dtype)
+            paths.append(path)
+        dist.barrier()
+        return paths
+
+    def evaluate(self) -> dict[str, float]:
+        """In-loop FID of each EMA at the configured step counts (all ranks share the work)."""
+        from ect_scale.eval import InLoopEvaluator
+        from ect_scale.networks.precond import Precond
+
+        if not hasattr(self, "_evaluator"):
+            self._evaluator = InLoopEvaluator(self.cfg.eval, self.cfg.ect, self.encoder, self.device)
+        results = {}
+        for profile in self.ema.profiles:
+            net = Precond(self.cfg.network).to(self.device)
+            net.load_state_dict(self.ema_nets_state(profile))
+            results.update(self._evaluator.run({profile: net.eval()}, self.state.nimg,
+                                               writer=self.monitor.writer))
+            del net
+        self.monitor.log(self.state.nimg, results)
+        return results
+
+
+def _crossed(before: int, after: int, interval: int) -> bool:
+    """True when [before, after) crosses a multiple of `interval` images."""
+    return interval > 0 and after // interval > before // interval
+
+
+def main(cfg: Config) -> TrainState:
+    """Entry point used by `launchers/train.py`."""
+    trainer = Trainer(cfg)
+    return trainer.run()

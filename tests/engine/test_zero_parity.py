@@ -1,0 +1,59 @@
+"""ZeRO-1/2/3 on 2 CPU ranks (gloo) reach the same weights as a single-process reference with the same global
+batch, with forced weight normalisation applied to the fp32 master weights. Each rank sees different data."""
+
+import pytest
+import torch
+
+from tests.distributed import run_ranks
+from tests.engine.common import initial_net, micro_loss, reference_run, tiny_cfg
+
+STEPS = 3
+
+
+def _worker(rank, world_size, stage, precision):
+    from ect_scale import dist
+    from ect_scale.engine import Engine
+
+    dist.init()
+    cfg = tiny_cfg(stage, precision)
+    engine = Engine(cfg, initial_net(cfg))
+    engine.module.train()
+    losses = []
+    for step in range(STEPS):
+        nimg = step * cfg.train.batch_size
+        local = 0.0
+        for rnd in range(engine.rounds):
+            loss = micro_loss(engine, engine.module, cfg, rank, step, rnd, nimg, reduce_any=dist.any_true)
+            local += float(loss.detach()) / engine.rounds
+            res = engine.micro_step(loss, lr=cfg.optim.lr)
+        assert res is not None and res.applied
+        t = torch.tensor([local])
+        dist.all_reduce_(t)
+        losses.append(float(t) / world_size)
+    state = engine.full_state()
+    err = engine.master.max_row_norm_error()
+    return {"state": state if rank == 0 else None, "losses": losses, "wn_err": err}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stage_matches_reference_fp32(stage):
+    cfg = tiny_cfg(stage, "fp32")
+    ref_state, ref_losses = reference_run(cfg, world_size=2, steps=STEPS)
+    results = run_ranks(_worker, 2, args=(stage, "fp32"), timeout=300)
+    assert results[0]["losses"] == pytest.approx(ref_losses, rel=1e-5)
+    for name, ref in ref_state.items():
+        torch.testing.assert_close(results[0]["state"][name], ref, rtol=2e-5, atol=2e-5, msg=name)
+    assert all(r["wn_err"] < 1e-3 for r in results)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_bf16_master_weights_stay_normalised(stage):
+    cfg = tiny_cfg(stage, "bf16")
+    ref_state, ref_losses = reference_run(tiny_cfg(stage, "fp32"), world_size=2, steps=STEPS)
+    results = run_ranks(_worker, 2, args=(stage, "bf16"), timeout=300)
+    for r in results:
+        assert r["wn_err"] < 1e-3  # Forced WN holds on the fp32 masters under bf16 ZeRO.
+    # bf16 compute tracks the fp32 reference loosely.
+    assert results[0]["losses"] == pytest.approx(ref_losses, rel=0.05)
+    drift = max(float((results[0]["state"][n] - v).abs().max()) for n, v in ref_state.items())
+    assert drift < 0.05
