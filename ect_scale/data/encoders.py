@@ -20,6 +20,7 @@ import torch
 EDM2_RAW_MEAN = (5.81, 3.25, 0.12, -2.15)
 EDM2_RAW_STD = (4.17, 4.62, 3.71, 3.28)
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"
+VAE_DOWNSAMPLE = 8  # SD-VAE: image resolution / latent resolution.
 
 
 class PixelEncoder:
