@@ -66,6 +66,13 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
     return config
 
 
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _promote_scalars(net: torch.nn.Module) -> None:
     """0-dim parameters (EDM2's gains) become shape [1]: deepspeed 0.19.8 cannot broadcast 0-dim tensors
     (`p.data.view(torch.uint8)`). Broadcasting makes this invisible to the network; exports restore the shape."""
@@ -77,13 +84,14 @@ def _promote_scalars(net: torch.nn.Module) -> None:
 @dataclass
 class StepResult:
     applied: bool          # False if the step was skipped (non-finite loss or gradient on some rank).
-    grad_norm: float       # Global gradient norm before clipping (nan if unknown).
+    grad_norm: object      # Global gradient norm before clipping: a float or a device tensor (None if unknown).
 
 
 class Engine:
     """A DeepSpeed engine around `net` with master-weight hooks. Call `micro_step` for every micro-batch."""
 
-    def __init__(self, cfg: Config, net: torch.nn.Module, fp32_state: Optional[dict[str, torch.Tensor]] = None):
+    def __init__(self, cfg: Config, net: torch.nn.Module, fp32_state: Optional[dict[str, torch.Tensor]] = None,
+                 ds_overrides: Optional[dict] = None):
         import deepspeed
 
         self.cfg = cfg
@@ -94,18 +102,27 @@ class Engine:
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
         self.param_shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
         _promote_scalars(net)
-        self.ds_config = deepspeed_config(cfg, self.world_size)
+        self.ds_config = _merge(deepspeed_config(cfg, self.world_size), ds_overrides or {})
         params = [p for p in net.parameters() if p.requires_grad]
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=net, model_parameters=params,
                                                                  config=self.ds_config)
         self.module = self.engine.module
         self._restore_fp32_buffers(buffers)
+        if cfg.engine.channels_last:
+            self.module.memory_format = torch.channels_last
+        if cfg.engine.compile:
+            # In place: parameters stay the same objects (views into ZeRO's flat buffers). Dropout masks are explicit
+            # inputs, so the online and target passes share them under compilation too.
+            if cfg.engine.combo_kernels:
+                import torch._inductor.config as inductor_config
+
+                inductor_config.combo_kernels = True
+            self.module.compile(dynamic=False, mode=cfg.engine.compile_mode)
         self.master = MasterWeights(self.module, self.optimizer, cfg.engine.zero_stage)
         self._inner = getattr(self.optimizer, "optimizer", self.optimizer)
         self._install_step_hook()
         self.load_master_(fp32_state)
-        self._force_skip = False
-        self._applied = False
+        self._force_skip, self._flags, self._applied, self.last_flags = False, None, False, None
         self.skipped_steps = 0
 
     # ------------------------------------------------------------------ setup
@@ -142,7 +159,7 @@ class Engine:
         original = inner.step
 
         def step(*args, **kwargs):
-            if self._force_skip or not self._grad_norm_ok():
+            if not self._decide():
                 return None
             out = original(*args, **kwargs)
             updated = {_key(p) for g in inner.param_groups for p in g["params"]}
@@ -152,15 +169,26 @@ class Engine:
 
         inner.step = step
 
-    def _grad_norm_ok(self) -> bool:
+    def _decide(self) -> bool:
+        """Step or skip: one host read of the global gradient norm and the trainer's flags (a single sync)."""
+        parts = [self._norm_tensor()]
+        if self._flags is not None:
+            parts.append(self._flags.detach().float().reshape(-1).to(parts[0].device))
+        host = torch.cat(parts).tolist()
+        self.last_flags = host[1:] if self._flags is not None else []
+        norm_ok = math.isfinite(host[0]) and host[0] >= 0
+        return norm_ok and not self._force_skip and not any(f > 0 for f in self.last_flags[:1])
+
+    def _norm_tensor(self) -> torch.Tensor:
         norm = getattr(self.optimizer, "_global_grad_norm", None)
         if norm is None or self.optimizer is self._inner:  # No ZeRO: gradients are already all-reduced.
             grads = [p.grad for g in self._inner.param_groups for p in g["params"] if p.grad is not None]
             if not grads:
-                return True
-            return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
-        norm = float(norm)
-        return math.isfinite(norm) and norm >= 0
+                return torch.zeros(1, device=dist.device())
+            return torch.stack(torch._foreach_norm(grads)).norm().reshape(1).float()
+        if torch.is_tensor(norm):
+            return norm.detach().float().reshape(1)
+        return torch.tensor([float(norm)], device=dist.device())
 
     # ------------------------------------------------------------------ training
     def forward(self, *args, **kwargs):
@@ -168,10 +196,13 @@ class Engine:
 
     __call__ = forward
 
-    def micro_step(self, loss: torch.Tensor, lr: float, skip: bool = False) -> Optional[StepResult]:
+    def micro_step(self, loss: torch.Tensor, lr: float, skip: bool = False,
+                   flags: Optional[torch.Tensor] = None) -> Optional[StepResult]:
         """Backward for one micro-batch; at the accumulation boundary also set `lr`, step and report.
 
-        `skip` must be the same on every rank (decide it with `dist.any_true`)."""
+        Skip the step with `skip=True` (same on every rank) or with `flags[0] > 0`, where `flags` is a device
+        tensor the caller has all-reduced (MAX) across ranks; reading it is folded into the one host sync of the
+        step. `last_flags` then holds the host copy of `flags` (e.g. a stop request in flags[1])."""
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(loss)
         if not boundary:
@@ -179,18 +210,18 @@ class Engine:
             return None
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self._force_skip, self._applied = skip, False
+        self._force_skip, self._flags, self._applied, self.last_flags = skip, flags, False, None
         self.engine.step()
-        self._force_skip = False
+        if self.last_flags is None:  # DeepSpeed skipped the step itself (non-finite norm) before our hook ran.
+            self.last_flags = flags.detach().float().tolist() if flags is not None else []
+        self._force_skip, self._flags = False, None
         if not self._applied:
             self.skipped_steps += 1
-        return StepResult(applied=self._applied, grad_norm=self.grad_norm())
+        return StepResult(applied=self._applied, grad_norm=self.engine.get_global_grad_norm())
 
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
-        if norm is None:
-            return float("nan")
-        return float(norm)
+        return float("nan") if norm is None else float(norm)
 
     def is_boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()

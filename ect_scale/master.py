@@ -144,7 +144,11 @@ class MasterWeights:
                     sums[f.row_base + row: f.row_base + row + n_rows] += piece.view(n_rows, f.fan_in).square().sum(1)
                 else:
                     sums[f.row_base + row] += piece.square().sum()
-        return dist.all_reduce_(sums)
+        return self._reduce(sums)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks of per-rank pieces. Without ZeRO every rank holds full replicas: nothing to sum."""
+        return t if self.zero_stage == 0 else dist.all_reduce_(t)
 
     @torch.no_grad()
     def forced_weight_norm_(self, keys: Optional[set[int]] = None) -> None:
@@ -198,7 +202,7 @@ class MasterWeights:
             f = by_name.get(name)
             if f is not None:
                 full.narrow(0, f.start, f.view.numel()).copy_(remap(f))
-            dist.all_reduce_(full)
+            self._reduce(full)
             out[name] = full.view(shape).to(dst_device)
         return out
 

@@ -194,10 +194,12 @@ def _short_status(s: dict) -> str:
 
 def status_line(kimg: float, s: dict) -> str:
     """EDM2-style fixed-width status line for non-interactive logs."""
-    mfu = s.get("Throughput/mfu")
-    mem = s.get("Resources/peak_gpu_mem_gb")
-    return (f"kimg {kimg:<10.1f} loss {s.get('Loss/mean', float('nan')):<9.5f} stage {int(s.get('ECT/stage', 0)):<3d}"
-            f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f} lr {s.get('Optim/lr', 0):<9.3e}"
-            f"gnorm {s.get('Grad/norm', float('nan')):<9.3g} img/s {s.get('Throughput/img_per_sec', 0):<9.1f}"
-            f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<7s}data {100 * s.get('Timing/data_wait_frac', 0):<6.1f}%"
-            f"mem {'-' if mem is None else f'{mem:.1f}G':<8s}skip {int(s.get('Progress/skipped_steps', 0))}")
+    mfu, mem = s.get("Throughput/mfu"), s.get("Resources/peak_gpu_mem_gb")
+    fields = [
+        f"kimg {kimg:<9.1f}", f"loss {s.get('Loss/mean', float('nan')):<10.5g}", f"stage {int(s.get('ECT/stage', 0)):<2d}",
+        f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f}", f"lr {s.get('Optim/lr', 0):<9.3e}",
+        f"gnorm {s.get('Grad/norm', float('nan')):<9.3g}", f"img/s {s.get('Throughput/img_per_sec', 0):<8.1f}",
+        f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<6s}", f"data {100 * s.get('Timing/data_wait_frac', 0):>4.1f}%",
+        f"mem {'-' if mem is None else f'{mem:.1f}G':<7s}", f"skip {int(s.get('Progress/skipped_steps', 0))}",
+    ]
+    return "  ".join(fields)

@@ -26,6 +26,7 @@ from ect_scale.monitor import Monitor, StepStats, peak_flops
 from ect_scale.netfile import check_compatible, load_network_file, save_network_file
 from ect_scale.networks import build_network, forced_weight_norm_
 from ect_scale.networks.flops import model_stats
+from ect_scale.prefetch import DevicePrefetcher
 
 
 @dataclass
@@ -74,18 +75,20 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = cfg.engine.tf32
         torch.backends.cudnn.allow_tf32 = cfg.engine.tf32
         net, fp32_state, self.init_meta = start_network(cfg)
-        self.engine = Engine(cfg, net, fp32_state)
+        self.checkpointer = self._build_checkpointer()
+        overrides = self.checkpointer.engine_overrides() if self.checkpointer is not None else None
+        self.engine = Engine(cfg, net, fp32_state, ds_overrides=overrides)
         self.module = self.engine.module
         self.module.train()
         zero3 = cfg.engine.zero_stage == 3 and self.world_size > 1
         self.objective = build_objective(cfg.ect, reduce_any=dist.any_true if zero3 else None)
         self.ema = EMATracker(cfg.ema, self.engine.master)
-        self.stream = stream if stream is not None else self._build_stream()
+        self.stream = DevicePrefetcher(stream if stream is not None else self._build_stream(), self.device)
         self.encoder = self.stream.encoder
         self.state = TrainState()
         self.batch_size = cfg.train.batch_size
-        self.checkpointer = self._build_checkpointer()
-        self.stop_requested = False
+        self.stop_requested = False  # Set by a signal on this rank ...
+        self.stop_all = False        # ... and agreed on by all ranks at the step boundary.
         self._install_signal_handlers()
         self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
         self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
@@ -105,8 +108,23 @@ class Trainer:
     def _build_stream(self):
         from ect_scale.data import build_train_stream
 
-        return build_train_stream(self.cfg.data, batch_gpu=self.cfg.train.batch_gpu, rank=self.rank,
-                                  world_size=self.world_size, seed=self.cfg.train.seed, network=self.cfg.network)
+        stream = build_train_stream(self.cfg.data, batch_gpu=self.cfg.train.batch_gpu, rank=self.rank,
+                                    world_size=self.world_size, seed=self.cfg.train.seed)
+        self._check_data_matches_network(stream)
+        return stream
+
+    def _check_data_matches_network(self, stream) -> None:
+        """Refuse data whose decoded shape or classes do not fit the network, naming both sides."""
+        m, net = getattr(stream, "manifest", None), self.cfg.network
+        if m is None:
+            return
+        raw_c, raw_h = m.raw_shape[0], m.raw_shape[-1]
+        channels = raw_c // 2 if m.encoder.get("kind") == "sd-vae" else raw_c
+        if (channels, raw_h) != (net.img_channels, net.img_resolution) or m.label_dim != net.label_dim:
+            raise ValueError(f"data {m.url}: samples are {channels}x{raw_h}x{raw_h} with {m.label_dim} classes, but the "
+                             f"network expects {net.img_channels}x{net.img_resolution}x{net.img_resolution} with "
+                             f"{net.label_dim} classes. Fix: pick the network preset that matches the shards "
+                             "(network.preset) or re-make the shards at the network's resolution")
 
     def _build_checkpointer(self):
         if not self.cfg.checkpoint.enabled:
@@ -161,7 +179,7 @@ class Trainer:
                     self.export_emas()
                 if cfg.eval.interval_nimg and _crossed(before, after, cfg.eval.interval_nimg):
                     self.evaluate()
-                stop = dist.any_true(self.stop_requested) or (slice_end is not None and after >= slice_end)
+                stop = self.stop_all or (slice_end is not None and slice_end <= after < cfg.train.total_nimg)
                 if self.checkpointer is not None and (stop or self.checkpointer.due(before, after)):
                     self.checkpointer.save(self)
                 if stop:
@@ -179,39 +197,47 @@ class Trainer:
         return self.state
 
     def train_step(self) -> None:
-        """One optimizer step over `batch_size` images (all ranks, all accumulation rounds)."""
+        """One optimizer step over `batch_size` images (all ranks, all accumulation rounds).
+
+        The only host synchronisation is the step/skip decision inside the engine (DeepSpeed reads the gradient
+        norm there anyway); the non-finite-loss and stop flags ride along with it."""
         cfg, eng = self.cfg, self.engine
         nimg = self.state.nimg
         lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
         t0 = time.time()
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # New iteration: earlier CUDA-graph outputs may be reused.
+        bad = torch.zeros((), dtype=torch.float32, device=self.device)
         result = None
         for rnd in range(eng.rounds):
             t_data = time.time()
-            raw, labels = next(self._data_iter)
+            raw, labels = next(self._data_iter)  # Already on the device (DevicePrefetcher).
             self.stats.data_sec += time.time() - t_data
-            raw = raw.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
             gen = step_generator(cfg.train.seed, self.rank, nimg, self.device, stream=rnd)
+            t_gen = step_generator(cfg.train.seed, self.rank, nimg, "cpu", stream=1_000_000 + rnd)
             x0 = self.encoder.encode(raw, gen)
             masks = self.module.sample_dropout_masks(x0.shape[0], gen, device=self.device,
                                                      dtype=self.module.compute_dtype)
-            out = self.objective(eng, x0, labels, nimg, gen, masks)
+            out = self.objective(eng, x0, labels, nimg, gen, masks, t_generator=t_gen)
             loss = out.loss.mean()
-            bad |= ~torch.isfinite(loss)
+            bad = torch.maximum(bad, (~torch.isfinite(loss.detach())).float())
             self.stats.add_micro(out.loss, out.t, out.nonfinite_targets)
-            skip = dist.any_true(bool(bad)) if rnd == eng.rounds - 1 else False
-            result = eng.micro_step(loss, lr, skip=skip)
+            flags = None
+            if rnd == eng.rounds - 1:
+                stop = torch.full((), float(self.stop_requested), device=self.device)
+                flags = dist.all_reduce_(torch.stack([bad, stop]), "max")
+            result = eng.micro_step(loss, lr, flags=flags)
         self.state.steps += 1
         self.state.nimg = nimg + self.batch_size
+        self.stop_all = bool(eng.last_flags and eng.last_flags[1] > 0)
         if result.applied:
             self.ema.update(self.state.nimg, self.batch_size)
         else:
             self.state.skipped_steps += 1
             self.monitor.print(f"Skipped the step at {nimg:,} images: non-finite loss or gradient on some rank "
                                f"({self.state.skipped_steps} skipped so far).")
-        if result.grad_norm == result.grad_norm:
-            self.stats.grad_norm_sum += result.grad_norm
+        if result.applied and result.grad_norm is not None:
+            self.stats.grad_norm_sum = self.stats.grad_norm_sum + result.grad_norm
             self.stats.grad_norm_count += 1
         self.stats.step_sec += time.time() - t0
         self.stats.images += self.batch_size
@@ -230,7 +256,7 @@ class Trainer:
             "ECT/dt_over_t": 1 - nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
             "Optim/lr": learning_rate(max(nimg - self.batch_size, 0), cfg.optim.lr, cfg.optim.decay_nimg,
                                       cfg.optim.rampup_nimg),
-            "Grad/norm": s.grad_norm_sum / s.grad_norm_count if s.grad_norm_count else float("nan"),
+            "Grad/norm": float(s.grad_norm_sum) / s.grad_norm_count if s.grad_norm_count else float("nan"),
             "Throughput/img_per_sec": img_per_sec,
             "Throughput/img_per_sec_per_gpu": img_per_sec / self.world_size,
             "Timing/sec_per_kimg": wall_sec / max(s.images / 1000, 1e-9),
@@ -243,8 +269,10 @@ class Trainer:
         if self.device.type == "cuda":
             peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**30], device=self.device)
             scalars["Resources/peak_gpu_mem_gb"] = float(dist.all_reduce_(peak, "max"))
-        for k, v in self.stream.counters().items():
-            scalars[f"Data/{k}"] = float(v)
+        counters = self.stream.counters()  # Per rank: sum over ranks.
+        if counters:
+            totals = dist.all_reduce_(torch.tensor([float(v) for v in counters.values()], device=self.device))
+            scalars.update({f"Data/{k}": float(v) for k, v in zip(counters, totals.tolist())})
         self.monitor.log(nimg, scalars)
         s.reset()
 
@@ -252,20 +280,46 @@ class Trainer:
         return self.ema.full_state(profile, self.module, self.engine.param_shapes)
 
     def export_emas(self) -> list[str]:
-        """Write each EMA as a world-size-independent network file under <run_dir>/ema (collective)."""
+        """Write each EMA as a world-size-independent network file under <run_dir>/ema (collective), plus sample
+        grids of the last profile (rank 0; `logging.sample_grids`)."""
         paths = []
         kimg = self.state.nimg // 1000
         dtype = torch.float16 if self.cfg.ema.export_dtype == "float16" else torch.float32
-        for profile in self.ema.profiles:
+        for i, profile in enumerate(self.ema.profiles):
             state = self.ema_nets_state(profile)
             path = os.path.join(self.run_dir, "ema", f"ema-{kimg:07d}-{profile}.safetensors")
             if dist.is_main():
                 meta = {"source": "ect_scale", "nimg": self.state.nimg, "ema": profile,
                         "encoder": self.encoder.describe(), "config": to_dict(self.cfg.ect)}
                 save_network_file(path, state, self.cfg.network, meta=meta, dtype=dtype)
+                if i == len(self.ema.profiles) - 1:
+                    self.write_sample_grids(profile, state)
             paths.append(path)
         dist.barrier()
         return paths
+
+    def write_sample_grids(self, profile: str, state: dict) -> None:
+        """PNG grids in <run_dir>/samples and TensorBoard images `Samples/<sampler>/<profile>` (rank 0)."""
+        from ect_scale.networks.precond import Precond
+        from ect_scale.samples import can_decode, sample_grids, save_png
+
+        num = self.cfg.logging.sample_grid
+        if num <= 0:
+            return
+        reason = can_decode(self.encoder)
+        if reason is not None:
+            if not getattr(self, "_grid_warned", False):
+                self.monitor.print(f"Sample grids off: {reason}. Set data.vae to a local SD-VAE directory.")
+                self._grid_warned = True
+            return
+        net = Precond(self.cfg.network)
+        net.load_state_dict(state)
+        kimg = self.state.nimg // 1000
+        for name, grid in sample_grids(net, self.encoder, self.cfg.ect, num=num, device=self.device).items():
+            if grid.shape[0] != 3:  # The encoder did not decode to RGB (e.g. a test encoder): nothing to show.
+                continue
+            save_png(grid, os.path.join(self.run_dir, "samples", f"{name}-{kimg:07d}-{profile}.png"))
+            self.monitor.add_images(f"Samples/{name}/{profile}", grid.unsqueeze(0), self.state.nimg)
 
     def evaluate(self) -> dict[str, float]:
         """In-loop FID of each EMA at the configured step counts (all ranks share the work)."""
@@ -278,10 +332,11 @@ class Trainer:
         for profile in self.ema.profiles:
             net = Precond(self.cfg.network).to(self.device)
             net.load_state_dict(self.ema_nets_state(profile))
-            results.update(self._evaluator.run({profile: net.eval()}, self.state.nimg,
-                                               writer=self.monitor.writer))
+            results.update(self._evaluator.run({profile: net.eval()}, self.state.nimg))
+            for name, grid in (getattr(self._evaluator, "last_grids", None) or {}).items():
+                self.monitor.add_images(name, grid if grid.ndim == 4 else grid.unsqueeze(0), self.state.nimg)
             del net
-        self.monitor.log(self.state.nimg, results)
+        self.monitor.log(self.state.nimg, results)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
         return results
 
 

@@ -19,6 +19,8 @@ class EngineConfig:
     offload_optimizer: Literal["none", "cpu"] = "none"  # ZeRO-Offload of optimizer state (for XXL on one card).
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # Process-group backend; auto = nccl on GPU, gloo on CPU.
     compile: bool = False                 # torch.compile the network.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead = CUDA graphs.
+    combo_kernels: bool = False           # Inductor: fuse independent small kernels horizontally (fewer launches).
     channels_last: bool = False           # NHWC memory format for convolutions.
     tf32: bool = True                     # Allow TF32 for remaining fp32 matmuls/convs (never in FID statistics).
 

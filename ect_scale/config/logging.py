@@ -12,3 +12,4 @@ class LoggingConfig:
     jsonl: bool = True                    # Append scalars to <run_dir>/stats.jsonl.
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto = rich bar on a TTY, plain status lines otherwise.
     loss_buckets: int = 8                 # Number of log-t buckets for per-noise-level loss curves.
+    sample_grid: int = 64                 # Samples per grid written at each EMA export (PNG + TensorBoard); 0 = off.

@@ -63,12 +63,22 @@ class ECTLoss:
 
     def __call__(self, net: Net, x0: torch.Tensor, labels: Optional[torch.Tensor], nimg: int,
                  generator: Optional[torch.Generator] = None,
-                 dropout_masks: Optional[dict[str, torch.Tensor]] = None) -> LossOutput:
+                 dropout_masks: Optional[dict[str, torch.Tensor]] = None,
+                 t_generator: Optional[torch.Generator] = None) -> LossOutput:
+        """`t_generator` (a CPU generator) draws t on the host, so deciding whether the target pass is needed
+        costs no device synchronisation; otherwise t comes from `generator`."""
         cfg = self.cfg
         n = x0.shape[0]
         x0 = x0.to(torch.float32)
-        t = schedules.sample_t(n, cfg, generator, x0.device)
-        r = schedules.t_to_r(t, nimg, cfg)
+        if t_generator is not None:
+            t_host = schedules.sample_t(n, cfg, t_generator, "cpu")
+            r_host = schedules.t_to_r(t_host, nimg, cfg)
+            any_positive = bool((r_host > 0).any())
+            t, r = t_host.to(x0.device, non_blocking=True), r_host.to(x0.device, non_blocking=True)
+        else:
+            t = schedules.sample_t(n, cfg, generator, x0.device)
+            r = schedules.t_to_r(t, nimg, cfg)
+            any_positive = None
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         t4, r4 = t.view(-1, 1, 1, 1), r.view(-1, 1, 1, 1)
         x_t = x0 + t4 * eps
@@ -79,7 +89,7 @@ class ECTLoss:
         else:
             f_t, logvar = net(x_t, t, labels, dropout_masks=dropout_masks), None
 
-        target, nonfinite = self.target(net, x0, x_r, r, labels, dropout_masks)
+        target, nonfinite = self.target(net, x0, x_r, r, labels, dropout_masks, any_positive)
         sumsq = _flat_sumsq(f_t - target)
         d = pseudo_huber(sumsq, cfg.c)
         loss = d * weighting(t, r, cfg)
@@ -90,14 +100,15 @@ class ECTLoss:
         return LossOutput(loss=loss, t=t, r=r, distance=d.detach(), nonfinite_targets=nonfinite.sum())
 
     @torch.no_grad()
-    def target(self, net: Net, x0, x_r, r, labels, dropout_masks):
+    def target(self, net: Net, x0, x_r, r, labels, dropout_masks, any_positive: Optional[bool] = None):
         """sg[f(x_r, r)] with the online weights and the same dropout masks; x0 where r = 0.
 
         Returns (target, nonfinite[N]). Samples whose target is not finite are flagged so the caller drops
         them instead of letting NaN/Inf reach the loss (ECT applies nan_to_num; we exclude and count them).
         """
         positive = r > 0
-        if not self.reduce_any(bool(positive.any())):
+        local_any = any_positive if any_positive is not None else bool(positive.any())
+        if not self.reduce_any(local_any):
             return x0, torch.zeros_like(positive)  # Whole batch at r = 0: no network call.
         f_r = net(x_r, r, labels, dropout_masks=dropout_masks).to(torch.float32)
         finite = torch.isfinite(f_r).flatten(1).all(1)
@@ -115,10 +126,14 @@ class DiffusionLoss:
     def __init__(self, cfg: ECTConfig):
         self.cfg = cfg
 
-    def __call__(self, net: Net, x0: torch.Tensor, labels, nimg: int, generator=None, dropout_masks=None) -> LossOutput:
+    def __call__(self, net: Net, x0: torch.Tensor, labels, nimg: int, generator=None, dropout_masks=None,
+                 t_generator=None) -> LossOutput:
         cfg = self.cfg
         x0 = x0.to(torch.float32)
-        sigma = schedules.sample_t(x0.shape[0], cfg, generator, x0.device)
+        if t_generator is not None:
+            sigma = schedules.sample_t(x0.shape[0], cfg, t_generator, "cpu").to(x0.device, non_blocking=True)
+        else:
+            sigma = schedules.sample_t(x0.shape[0], cfg, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device) * sigma.view(-1, 1, 1, 1)
         lam = ((sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2).view(-1, 1, 1, 1)
         if cfg.learned_uncertainty:

@@ -106,4 +106,6 @@ class MPConv(torch.nn.Module):
         w = self.effective_weight(x.dtype, gain)
         if w.ndim == 2:
             return x @ w.t()
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            w = w.contiguous(memory_format=torch.channels_last)  # NHWC activations: NHWC weights for cuDNN.
         return F.conv2d(x, w, padding=w.shape[-1] // 2)

@@ -41,6 +41,7 @@ class Precond(torch.nn.Module):
         self.label_dim = config.label_dim
         self.sigma_data = config.sigma_data
         self.compute_dtype = _DTYPES[config.compute_dtype]
+        self.memory_format = torch.contiguous_format  # Set to torch.channels_last for NHWC convolutions (speed only).
         self.unet = UNet(img_resolution=config.img_resolution, img_channels=config.img_channels,
                          label_dim=config.label_dim, **config.unet_kwargs())
         if config.logvar_channels:
@@ -72,7 +73,8 @@ class Precond(torch.nn.Module):
         sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
         labels = self._labels(class_labels, x.shape[0], x.device)
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
-        F_x = self.unet((c_in * x).to(self.compute_dtype), c_noise.flatten(), labels, dropout_masks=dropout_masks)
+        x_in = (c_in * x).to(self.compute_dtype).contiguous(memory_format=self.memory_format)
+        F_x = self.unet(x_in, c_noise.flatten(), labels, dropout_masks=dropout_masks)
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
         if return_logvar:
             if not self.has_logvar:
@@ -100,7 +102,7 @@ class Precond(torch.nn.Module):
         masks = {}
         for key, (shape, p) in self.dropout_mask_shapes(batch_size).items():
             keep = torch.rand(shape, generator=generator, device=device) >= p
-            masks[key] = keep.to(dtype) * (1.0 / (1.0 - p))
+            masks[key] = (keep.to(dtype) * (1.0 / (1.0 - p))).contiguous(memory_format=self.memory_format)
         return masks
 
 

@@ -46,17 +46,23 @@ class Block(torch.nn.Module):
 
     def _attention(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         n, c, hgt, wid = x_NCHW.shape
+        heads, ch = self.num_heads, c // self.num_heads
         qkv = self.attn_qkv(x_NCHW)
-        # Channel layout of qkv is (head, channel-in-head, q/k/v), as in the official network.
-        qkv = qkv.reshape(n, self.num_heads, c // self.num_heads, 3, hgt * wid)
-        q, k, v = normalize(qkv, dim=2).unbind(3)  # Pixel norm per head (cosine attention), each [N,h,c,L].
+        # Channel layout of qkv is (head, channel-in-head, q/k/v), as in the official network. Work on the
+        # token-major view [N, L, h, c, 3] (free for channels-last activations) and normalise each head's q, k, v
+        # over its channels (pixel norm = cosine attention).
+        qkv = qkv.permute(0, 2, 3, 1).reshape(n, hgt * wid, heads, ch, 3)
+        q, k, v = normalize(qkv, dim=3).unbind(4)                                  # each [N, L, h, c]
         if self.attention_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-            y = y.transpose(-1, -2)  # [N,h,c,L]
+            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))         # [N, h, L, c]
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)            # [N, L, h, c]
         else:
-            w = torch.einsum("nhcq,nhck->nhqk", q, k / math.sqrt(q.shape[2])).softmax(dim=3)
-            y = torch.einsum("nhqk,nhck->nhcq", w, v)
-        return self.attn_proj(y.reshape(n, c, hgt, wid))
+            w = torch.einsum("nqhc,nkhc->nhqk", q, k / math.sqrt(ch)).softmax(dim=3)
+            y = torch.einsum("nhqk,nkhc->nqhc", w, v)                              # [N, L, h, c]
+        y = y.reshape(n, hgt, wid, c).permute(0, 3, 1, 2)                          # NCHW view of NHWC memory
+        if not x_NCHW.is_contiguous(memory_format=torch.channels_last) or x_NCHW.is_contiguous():
+            y = y.contiguous()
+        return self.attn_proj(y)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, dropout_mask: Optional[torch.Tensor] = None):
         # Main branch.

@@ -41,10 +41,11 @@ def batch_for(rank: int, step: int, rnd: int, n: int):
     return x0, labels
 
 
-def micro_loss(net_call, module, cfg, rank: int, step: int, rnd: int, nimg: int, reduce_any=None):
+def micro_loss(net_call, module, cfg, rank: int, step: int, rnd: int, nimg: int, reduce_any=None, device="cpu"):
     x0, labels = batch_for(rank, step, rnd, cfg.train.batch_gpu)
-    gen = step_generator(cfg.train.seed, rank, nimg, "cpu", stream=rnd)
-    masks = module.sample_dropout_masks(x0.shape[0], gen, device="cpu", dtype=module.compute_dtype)
+    x0, labels = x0.to(device), labels.to(device)
+    gen = step_generator(cfg.train.seed, rank, nimg, device, stream=rnd)
+    masks = module.sample_dropout_masks(x0.shape[0], gen, device=device, dtype=module.compute_dtype)
     out = build_objective(cfg.ect, reduce_any)(net_call, x0, labels, nimg, gen, masks)
     return out.loss.mean()
 

@@ -41,8 +41,10 @@ def test_zero_stage_matches_reference_fp32(stage):
     ref_state, ref_losses = reference_run(cfg, world_size=2, steps=STEPS)
     results = run_ranks(_worker, 2, args=(stage, "fp32"), timeout=300)
     assert results[0]["losses"] == pytest.approx(ref_losses, rel=1e-5)
+    # Adam amplifies fp32 reduction-order noise for near-zero gradients (steps are ~lr in size); a missing
+    # all-reduce would show as differences ~lr = 1e-2, far above this tolerance.
     for name, ref in ref_state.items():
-        torch.testing.assert_close(results[0]["state"][name], ref, rtol=2e-5, atol=2e-5, msg=name)
+        torch.testing.assert_close(results[0]["state"][name], ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
     assert all(r["wn_err"] < 1e-3 for r in results)
 
 

@@ -1,0 +1,69 @@
+"""Training-step benchmark through the same code path as training (Trainer.train_step on synthetic data).
+
+The timed step is the full ECT step: data -> latent sampling -> dropout masks -> online forward -> target forward
+-> backward -> optimizer step (fused Adam on the fp32 masters) -> forced weight normalisation -> all EMA updates.
+MFU counts 4 x fwd_flops per image (grad forward, backward ~2x, no-grad target forward) against the card's dense
+bf16 peak (`monitor.PEAK_BF16_FLOPS`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ect_scale import dist
+from ect_scale.config import Config
+from ect_scale.monitor import peak_flops
+from ect_scale.networks.flops import model_stats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
+    """Time `steps` optimizer steps after `warmup` ones; returns a JSON-able dict (identical on all ranks)."""
+    from ect_scale.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    device = trainer.device
+    for _ in range(warmup):
+        trainer.train_step()
+    _sync(device)
+    dist.barrier()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.stats.reset()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    _sync(device)
+    dist.barrier()
+    sec = time.perf_counter() - t0
+    world = dist.get_world_size()
+    img_per_sec = steps * cfg.train.batch_size / sec
+    stats = model_stats(cfg.network)
+    peak = peak_flops(device)
+    mem = torch.tensor([torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0],
+                       device=device)
+    dist.all_reduce_(mem, "max")
+    out = {
+        "preset": cfg.network.preset, "batch_gpu": cfg.train.batch_gpu, "batch_size": cfg.train.batch_size,
+        "world_size": world, "zero_stage": cfg.engine.zero_stage, "precision": cfg.engine.precision,
+        "compute_dtype": cfg.network.compute_dtype, "attention": cfg.network.attention,
+        "compile": cfg.engine.compile, "compile_mode": cfg.engine.compile_mode,
+        "combo_kernels": cfg.engine.combo_kernels, "channels_last": cfg.engine.channels_last,
+        "ema_profiles": len(trainer.ema.profiles), "steps": steps, "sec_per_step": sec / steps,
+        "img_per_sec": img_per_sec, "img_per_sec_per_gpu": img_per_sec / world,
+        "train_flops_per_img": stats["train_step_flops"], "fwd_flops": stats["fwd_flops"],
+        "peak_mem_gb": float(mem), "data_wait_frac": trainer.stats.data_sec / max(trainer.stats.step_sec, 1e-9),
+        "skipped_steps": trainer.state.skipped_steps,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "peak_bf16_flops": peak,
+        "mfu": img_per_sec * stats["train_step_flops"] / (peak * world) if peak else None,
+    }
+    trainer.stream.close()
+    trainer.monitor.close()
+    return out
