@@ -50,6 +50,9 @@ def run_stage(stage: int, precision: str) -> dict:
 
 def main() -> int:
     dist.init()
+    # fp32 comparisons without TF32 (cuDNN allows it by default); Adam's ~lr-sized first steps amplify any noise.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     name = torch.cuda.get_device_name() if dist.device().type == "cuda" else "cpu"
     out = {"world_size": dist.get_world_size(), "device": name}
     runs = {f"zero{s}-{p}": run_stage(s, p) for p in ("fp32", "bf16") for s in (1, 2, 3)}
@@ -57,7 +60,7 @@ def main() -> int:
     for name, r in runs.items():
         out[f"{name}.wn_err"], out[f"{name}.ema_err"] = r["wn_err"], r["ema_err"]
         ok &= r["wn_err"] < 1e-3 and r["ema_err"] < 1e-6
-    for p, tol in (("fp32", 2e-3), ("bf16", 5e-2)):
+    for p, tol in (("fp32", 1e-3), ("bf16", 5e-2)):
         base = runs[f"zero1-{p}"]["state"]
         for s in (2, 3):
             diff = max(float((runs[f"zero{s}-{p}"]["state"][k] - v).abs().max()) for k, v in base.items())

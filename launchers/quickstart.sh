@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.13.0     # CPU build; use your CUDA build on GPU machines
-  .venv/bin/python -m pip install -q -e ".[demo]"
+  .venv/bin/python -m pip install -q -e ".[dev]"   # dev = demo data + test dependencies
 fi
 source .venv/bin/activate
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
