@@ -76,6 +76,31 @@ def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
                                rank=env_rank(), world_size=env_world_size())
 
 
+def init_from_env(device: str = "auto", timeout_min: float = 60.0) -> torch.device:
+    """Join the process group described by torchrun/deepspeed variables with plain torch.distributed (no
+    DeepSpeed import: evaluation and tools use this); return the device. Single process: no group is created."""
+    local_rank = env_local_rank()
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if env_world_size() > 1 and not is_initialized():
+        kwargs = dict(backend="nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
+        if dev.type == "cuda":
+            kwargs["device_id"] = dev
+        tdist.init_process_group(**kwargs)
+    return dev
+
+
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (after a barrier unless `wait=False`, e.g. when exiting on an error)."""
+    if is_initialized():
+        if wait:
+            barrier()
+        tdist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_initialized():
         tdist.barrier()
@@ -87,6 +112,10 @@ def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         ops = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}
         tdist.all_reduce(t, op=ops[op])
     return t
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_(t, "sum")
 
 
 def any_true(flag: bool, device_: Optional[torch.device] = None) -> bool:
