@@ -9,21 +9,26 @@ small next to the posterior std and the normalisation by raw_std ~ 4 (edm2.md §
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 
 from ect_scale.data.encoders import LatentEncoder, PixelEncoder
 
 
-class RawConverter:
+class RawConverter(abc.ABC):
     """Interface: `describe()`, `raw_spec(resolution) -> (shape, dtype)`, `convert(uint8 [N,H,W,3]) -> [N,...]`."""
 
+    @abc.abstractmethod
     def describe(self) -> dict:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def raw_spec(self, resolution: int) -> tuple[list[int], str]:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def convert(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

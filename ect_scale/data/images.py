@@ -14,6 +14,8 @@ skips, counts and lists it.
 
 from __future__ import annotations
 
+import abc
+
 import json
 import os
 from typing import Optional, Sequence
@@ -57,7 +59,7 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """Base class: `names[i]` (relative path), `labels[i]`, `load(i, resolution)`."""
 
     kind = "abstract"
@@ -72,6 +74,7 @@ class ImageSource:
     def label_dim(self) -> int:
         return len(self.class_names)
 
+    @abc.abstractmethod
     def load(self, index: int, resolution: int) -> np.ndarray:
         raise NotImplementedError
 

@@ -16,6 +16,8 @@ expected file and where to get it. A detector maps uint8 images [N,3,H,W] (any r
 
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import os
 import pickle
@@ -50,7 +52,7 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-class Detector:
+class Detector(abc.ABC):
     """uint8 images [N,3,H,W] -> float32 features [N, feature_dim]."""
 
     metric: str = ""
@@ -72,6 +74,7 @@ class Detector:
         Detector.__init__(det, model, device, source)
         return det
 
+    @abc.abstractmethod
     def _run(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
