@@ -120,7 +120,7 @@ class Monitor:
     def _start_progress(self, start_nimg: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]ECT"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} kimg"),
+        self.progress = Progress(TextColumn("[bold]ECT"), BarColumn(), TextColumn("{task.completed:,.1f}/{task.total:,.1f} kimg"),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  refresh_per_second=2)
         self.task = self.progress.add_task("train", total=self.total_nimg / 1000, completed=start_nimg / 1000,

@@ -149,8 +149,9 @@ class Trainer:
         rows = [("run_dir", self.run_dir), ("network", f"{c.network.preset or 'custom'} "
                 f"({sum(math.prod(s) for s in self.engine.param_shapes.values()) / 1e6:.1f}M params, "
                 f"{c.network.compute_dtype})"),
-                ("init", c.init or "random (EDM2 init)"), ("objective", f"{c.ect.objective} q={c.ect.q:g} "
-                f"stage_nimg={c.ect.stage_nimg:,} c={c.ect.c:g} weighting={c.ect.weighting}"),
+                ("init", c.init or "random (EDM2 init)"),
+                ("objective", "diffusion (EDM2 loss, Eq. 21)" if c.ect.objective == "diffusion" else
+                 f"ECT q={c.ect.q:g} stage_nimg={c.ect.stage_nimg:,} c={c.ect.c:g} weighting={c.ect.weighting}"),
                 ("batch", f"{c.train.batch_size} = {c.train.batch_gpu} x {self.engine.rounds} rounds x {self.world_size} ranks"),
                 ("engine", f"ZeRO-{c.engine.zero_stage} {c.engine.precision} on {self.device.type}"),
                 ("optimizer", f"Adam lr={c.optim.lr:g} betas={tuple(c.optim.betas)} decay_nimg={c.optim.decay_nimg:,}"),
