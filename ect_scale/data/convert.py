@@ -22,15 +22,15 @@ class RawConverter(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        ...
 
     @abc.abstractmethod
     def raw_spec(self, resolution: int) -> tuple[list[int], str]:
-        raise NotImplementedError
+        ...
 
     @abc.abstractmethod
     def convert(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
 
 class PixelConverter(RawConverter):

@@ -76,7 +76,7 @@ class ImageSource(abc.ABC):
 
     @abc.abstractmethod
     def load(self, index: int, resolution: int) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
     def describe(self) -> dict:
         return {"kind": self.kind, "num_images": len(self), "num_classes": self.label_dim}

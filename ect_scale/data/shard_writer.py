@@ -30,7 +30,8 @@ from ect_scale.data.images import ImageSource, UnreadableImage
 from ect_scale.data.manifest import FORMAT, LABEL_EXT, MANIFEST_NAME, RAW_EXT, SOURCE_EXT
 from ect_scale.data.order import balanced_split, permutation
 from ect_scale.data.progress import Progress
-from ect_scale.data.storage import StorageOptions, commit_file, filesystem, join, local_path, protocol_of, write_bytes
+from ect_scale.data.storage import (StorageOptions, commit_file, file_sha256, filesystem, join, local_path, protocol_of,
+                                    write_bytes)
 
 RECORDS = "_records"
 PLAN_KEYS = ("num_images", "resolution", "encoder", "raw", "num_shards", "seed")
@@ -165,7 +166,7 @@ def _write_one(source: ImageSource, indices: list[int], shard: int, out_url: str
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             record = _fill_tar(tar, source, indices, converter, opts, pool, progress)
-        record = {"name": name, **record, "bytes": os.path.getsize(tmp), "sha256": _sha256_of_file(tmp),
+        record = {"name": name, **record, "bytes": os.path.getsize(tmp), "sha256": file_sha256(tmp),
                   "writer": opts.rank}
         _commit(tmp, join(out_url, name), storage)
     finally:
@@ -215,14 +216,6 @@ def _add_sample(tar: tarfile.TarFile, index: int, raw: np.ndarray, label: int, s
         info = tarfile.TarInfo(f"{key}.{ext}")
         info.size, info.mtime, info.mode = len(payload), 0, 0o444
         tar.addfile(info, io.BytesIO(payload))
-
-
-def _sha256_of_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _commit(local_tmp: str, url: str, storage: StorageOptions) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import hashlib
 import os
 import random
 import time
@@ -177,28 +178,34 @@ def read_bytes(url: str, options: StorageOptions = StorageOptions()) -> bytes:
 
 def write_bytes(url: str, data: bytes, options: StorageOptions = StorageOptions()) -> None:
     """Write `data` to a temporary key next to `url`, then move it into place (readers never see partial objects)."""
-    tmp = url + f".tmp-{os.getpid()}"
-    try:
-        fs, path = filesystem(url, options)
-        _, tmp_path = filesystem(tmp, options)
-        _makedirs(fs, path)
-        fs.pipe_file(tmp_path, data)
-        fs.mv(tmp_path, path)
-    except Exception as e:  # noqa: BLE001
-        raise describe_error(e, url, options, action="write") from e
+    _atomic_put(url, options, lambda fs, tmp_path: fs.pipe_file(tmp_path, data))
 
 
 def commit_file(local_file: str, url: str, options: StorageOptions = StorageOptions()) -> None:
     """Upload a finished local file to a temporary key, then rename it to `url` (the commit)."""
+    _atomic_put(url, options, lambda fs, tmp_path: fs.put_file(local_file, tmp_path))
+
+
+def _atomic_put(url: str, options: StorageOptions, upload) -> None:
+    """`upload(fs, tmp_path)` to a temporary key next to `url`, then rename it into place."""
     tmp = url + f".tmp-{os.getpid()}"
     try:
         fs, path = filesystem(url, options)
         _, tmp_path = filesystem(tmp, options)
         _makedirs(fs, path)
-        fs.put_file(local_file, tmp_path)
+        upload(fs, tmp_path)
         fs.mv(tmp_path, path)
     except Exception as e:  # noqa: BLE001
         raise describe_error(e, url, options, action="write") from e
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a local file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _makedirs(fs, path: str) -> None:

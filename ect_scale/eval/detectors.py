@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 
-import hashlib
 import os
 import pickle
 import warnings
@@ -26,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from ect_scale.data.storage import file_sha256  # noqa: F401  (also part of this module's API)
 from ect_scale.eval.stats import no_tf32
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -44,12 +44,6 @@ class DetectorFileError(FileNotFoundError):
     """A detector's weights are missing or unusable; the message says which file and where it comes from."""
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Detector(abc.ABC):
@@ -76,7 +70,7 @@ class Detector(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
