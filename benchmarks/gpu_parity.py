@@ -30,13 +30,14 @@ def run_stage(stage: int, precision: str) -> dict:
     engine = Engine(cfg, initial_net(cfg))
     engine.module.train()
     ema = EMATracker(cfg.ema, engine.master)
-    ref_ema = None
+    ref_ema, losses = None, []
     rank = dist.get_rank()
     for step in range(STEPS):
         nimg = step * cfg.train.batch_size
         for rnd in range(engine.rounds):
             x_loss = micro_loss(engine, engine.module, cfg, rank, step, rnd, nimg, reduce_any=dist.any_true,
                                 device=dist.device())
+            losses.append(float(dist.all_reduce_(x_loss.detach().reshape(1).clone())) / dist.get_world_size())
             res = engine.micro_step(x_loss, lr=cfg.optim.lr)
         assert res.applied
         ema.update(nimg + cfg.train.batch_size, cfg.train.batch_size)
@@ -45,7 +46,8 @@ def run_stage(stage: int, precision: str) -> dict:
         ref_ema = full if ref_ema is None else {k: v.lerp(full[k], 1 - beta) for k, v in ref_ema.items()}
     ema_full = engine.master.gather(sources=ema.shadows["power-0.050"])
     ema_err = max(float((ema_full[k] - ref_ema[k]).abs().max()) for k in ref_ema)
-    return {"state": engine.full_state(), "wn_err": engine.master.max_row_norm_error(), "ema_err": ema_err}
+    return {"state": engine.full_state(), "wn_err": engine.master.max_row_norm_error(), "ema_err": ema_err,
+            "losses": losses, "lr": cfg.optim.lr}
 
 
 def main() -> int:
@@ -60,12 +62,22 @@ def main() -> int:
     for name, r in runs.items():
         out[f"{name}.wn_err"], out[f"{name}.ema_err"] = r["wn_err"], r["ema_err"]
         ok &= r["wn_err"] < 1e-3 and r["ema_err"] < 1e-6
-    for p, tol in (("fp32", 1e-3), ("bf16", 5e-2)):
-        base = runs[f"zero1-{p}"]["state"]
+    # Adam turns reduction-order noise in near-zero gradients into ~lr-sized moves of those few elements, so the
+    # max difference is reported but not judged. A real fault (a missing all-reduce, a wrong shard) moves most
+    # elements by ~lr and changes the losses: judge the fraction of elements off by > lr/10 and the losses.
+    # bf16 ZeRO-3 keeps its gradient partitions in bf16 (ZeRO-1/2 accumulate in fp32 here), so about 1 % of the
+    # elements take a different Adam step: hence the looser bf16 bound (a real fault gives > 50 %).
+    for p, far_tol, loss_tol in (("fp32", 1e-3, 1e-4), ("bf16", 5e-2, 2e-2)):
+        base = runs[f"zero1-{p}"]
         for s in (2, 3):
-            diff = max(float((runs[f"zero{s}-{p}"]["state"][k] - v).abs().max()) for k, v in base.items())
-            out[f"zero{s}_vs_zero1-{p}.max_diff"] = diff
-            ok &= diff < tol
+            other = runs[f"zero{s}-{p}"]
+            diffs = torch.cat([(other["state"][k] - v).abs().flatten() for k, v in base["state"].items()])
+            far = float((diffs > 0.1 * base["lr"]).float().mean())
+            loss_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(other["losses"], base["losses"]))
+            out[f"zero{s}_vs_zero1-{p}.max_diff"] = float(diffs.max())
+            out[f"zero{s}_vs_zero1-{p}.frac_off_by_lr/10"] = far
+            out[f"zero{s}_vs_zero1-{p}.max_loss_rel_diff"] = loss_rel
+            ok &= far < far_tol and loss_rel < loss_tol
     out["ok"] = bool(ok)
     if dist.is_main():
         print(json.dumps(out), flush=True)

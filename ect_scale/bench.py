@@ -23,6 +23,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_MEM_LIMIT_GIB: list = [None]
+
+
+def limit_gpu_memory(gib: float) -> None:
+    """Cap this process's CUDA caching allocator at `gib` GiB (emulates a smaller card; an OOM is then real)."""
+    if not torch.cuda.is_available():
+        return
+    device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+    _MEM_LIMIT_GIB[0] = gib
+
+
 def benchmark(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
     """Time `steps` optimizer steps after `warmup` ones; returns a JSON-able dict (identical on all ranks)."""
     from ect_scale.trainer import Trainer
@@ -55,10 +68,11 @@ def benchmark(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
         "compute_dtype": cfg.network.compute_dtype, "attention": cfg.network.attention,
         "compile": cfg.engine.compile, "compile_mode": cfg.engine.compile_mode,
         "combo_kernels": cfg.engine.combo_kernels, "channels_last": cfg.engine.channels_last,
-        "ema_profiles": len(trainer.ema.profiles), "steps": steps, "sec_per_step": sec / steps,
+        "accumulation_rounds": cfg.train.accumulation_rounds(world), "ema_profiles": len(trainer.ema.profiles),
+        "graph_weight_norm": cfg.engine.graph_weight_norm, "offload_optimizer": cfg.engine.offload_optimizer, "steps": steps, "sec_per_step": sec / steps,
         "img_per_sec": img_per_sec, "img_per_sec_per_gpu": img_per_sec / world,
         "train_flops_per_img": stats["train_step_flops"], "fwd_flops": stats["fwd_flops"],
-        "peak_mem_gb": float(mem), "data_wait_frac": trainer.stats.data_sec / max(trainer.stats.step_sec, 1e-9),
+        "peak_mem_gb": float(mem), "mem_limit_gb": _MEM_LIMIT_GIB[0], "data_wait_frac": trainer.stats.data_sec / max(trainer.stats.step_sec, 1e-9),
         "skipped_steps": trainer.state.skipped_steps,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "peak_bf16_flops": peak,

@@ -118,7 +118,8 @@ class Engine:
 
                 inductor_config.combo_kernels = True
             self.module.compile(dynamic=False, mode=cfg.engine.compile_mode)
-        self.master = MasterWeights(self.module, self.optimizer, cfg.engine.zero_stage)
+        self.master = MasterWeights(self.module, self.optimizer, cfg.engine.zero_stage,
+                                   use_cuda_graphs=cfg.engine.graph_weight_norm)
         self._inner = getattr(self.optimizer, "optimizer", self.optimizer)
         self._install_step_hook()
         self.load_master_(fp32_state)

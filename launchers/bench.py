@@ -5,7 +5,9 @@
     deepspeed --num_gpus 4 launchers/bench.py --preset edm2-img512-xl --batch-gpu 32 --zero-stage 2
     python launchers/bench.py --preset edm2-img512-xl --fp32                              # the plain fp32 path
 
-Global batch = batch_gpu x world size (one accumulation round), as in the official ECT measurements.
+Global batch = batch_gpu x world size x --accum (default one accumulation round, as in the official ECT
+measurements; ECT's ImageNet recipe, batch 128 at --batch-gpu 32, is --accum 4 on one GPU).
+--max-memory-gib caps this process's GPU memory (e.g. 79 to check that a model fits an 80 GB card on an H200).
 Extra `--a.b=value` arguments override any config field (e.g. --ema.stds=[0.05]).
 """
 
@@ -32,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--combo-kernels", action="store_true", help="inductor horizontal fusion of small kernels")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--sdpa", action="store_true", help="fused scaled-dot-product attention")
+    ap.add_argument("--accum", type=int, default=1, help="gradient-accumulation rounds per optimizer step")
+    ap.add_argument("--max-memory-gib", type=float, default=None, help="cap the GPU memory this process may use")
     ap.add_argument("--dropout", type=float, default=0.4, help="dropout at <= 16 px (ECT ImageNet recipe)")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -44,7 +48,7 @@ def main(argv=None) -> int:
         "engine.precision": "fp32" if args.fp32 else "bf16", "engine.tf32": "false" if args.fp32 else "true",
         "engine.zero_stage": args.zero_stage, "engine.compile": args.compile, "engine.channels_last": args.channels_last,
         "engine.compile_mode": args.compile_mode, "engine.combo_kernels": args.combo_kernels,
-        "train.batch_gpu": args.batch_gpu, "train.batch_size": args.batch_gpu * world,
+        "train.batch_gpu": args.batch_gpu, "train.batch_size": args.batch_gpu * world * args.accum,
         "train.total_nimg": 10**12, "train.status_nimg": 10**12, "data.kind": "synthetic",
         "checkpoint.enabled": "false", "ema.export_nimg": 0, "logging.progress": "none",
         "logging.tensorboard": "false", "logging.jsonl": "false", "run_dir": "/tmp/ect_scale_bench",
@@ -55,7 +59,10 @@ def main(argv=None) -> int:
         f"--data.synthetic_encoder={'sd-vae' if net.img_channels == 4 else 'pixels'}",
         f"--data.synthetic_resolution={net.img_resolution}", f"--data.synthetic_label_dim={net.label_dim}"] + overrides)
     from ect_scale import dist
-    from ect_scale.bench import benchmark
+    from ect_scale.bench import benchmark, limit_gpu_memory
+
+    if args.max_memory_gib:
+        limit_gpu_memory(args.max_memory_gib)
 
     result = benchmark(cfg, steps=args.steps, warmup=args.warmup)
     if dist.is_main():

@@ -22,6 +22,7 @@ class EngineConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead = CUDA graphs.
     combo_kernels: bool = False           # Inductor: fuse independent small kernels horizontally (fewer launches).
     channels_last: bool = False           # NHWC memory format for convolutions.
+    graph_weight_norm: bool = True        # Replay forced weight normalisation of the masters as CUDA graphs (GPU only).
     tf32: bool = True                     # Allow TF32 for remaining fp32 matmuls/convs (never in FID statistics).
 
     def validate(self, path: str = "engine") -> None:
