@@ -9,6 +9,7 @@ RO="--sdpa --compile --channels-last --compile-mode reduce-overhead"
 b() { local n=$1 lim=$2; shift 2; echo "== $n GPU: $*"
       timeout $lim torchrun --standalone --nproc_per_node $n launchers/bench.py --out $O/bench.jsonl "$@" > $O/b.last 2>&1
       echo "rc=$?"; grep -E "^\{|Error|out of memory" $O/b.last | tail -2 | cut -c1-700; }
+b 1 100 --preset edm2-img512-s $RO --steps 30 --zero-stage 2
 b 4 150 --preset edm2-img512-s $RO --steps 30 --zero-stage 1
 b 4 120 --preset edm2-img512-s $RO --steps 30 --zero-stage 2
 b 4 200 --preset edm2-img512-xl $RO --steps 12 --zero-stage 1

@@ -153,6 +153,22 @@ class Engine:
         elif hasattr(opt, "update_lp_params"):            # ZeRO-1/2 and BF16_Optimizer: copy + all-gather.
             opt.update_lp_params()
 
+    @torch.no_grad()
+    def place_optimizer_state(self) -> None:
+        """Put Adam's state where torch's Adam expects it after a checkpoint load: moments on the master's device,
+        `step` on that device for fused/capturable Adam and on the CPU otherwise. DeepSpeed's universal-checkpoint
+        load restores `step` as a CPU tensor, which the fused CUDA kernel rejects (found on 4 -> 2 H200s)."""
+        for group in self._inner.param_groups:
+            on_device = bool(group.get("fused") or group.get("capturable"))
+            for p in group["params"]:
+                state = self._inner.state.get(p, {})
+                for name, value in list(state.items()):
+                    if not torch.is_tensor(value):
+                        continue
+                    target = (p.device if on_device else torch.device("cpu")) if name == "step" else p.device
+                    if value.device != target:
+                        state[name] = value.to(target)
+
     def _install_step_hook(self) -> None:
         """Wrap the basic optimizer's step: skip it when asked or when the gradient norm is not finite, and apply
         forced weight normalisation to the partitions it just updated."""

@@ -29,6 +29,7 @@ def restore_trainer_state(trainer: "Trainer", plan: "ResumePlan", rank: int, wor
     """Restore everything but DeepSpeed's state from the plan's rank files; returns notes for the log."""
     eng = trainer.engine
     eng.master.rebuild()  # DeepSpeed's load re-links the fp32 partitions.
+    eng.place_optimizer_state()
     files = open_rank_files(plan.folder, plan.saved_world_size)
     same_world = plan.saved_world_size == world_size
     same_layout = same_world and files[rank].state["fragments"] == fragment_table(eng.master)

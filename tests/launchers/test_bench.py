@@ -22,5 +22,6 @@ def test_bench_reports_the_full_step_with_accumulation(tmp_path):
     assert printed["ema_profiles"] == 2  # --ema.stds override reached the config (plus the traditional EMA).
     assert printed["skipped_steps"] == 0 and printed["img_per_sec"] > 0
     assert printed["precision"] == "bf16" and printed["device"] == "cpu" and printed["mfu"] is None
-    assert printed["mem_limit_gb"] is None  # The cap only applies to CUDA devices.
+    assert printed["mem_limit_gb"] is None and printed["peak_reserved_gb"] == 0.0  # CUDA-only figures.
+    assert printed["overlap_comm"] is True and printed["graph_weight_norm"] is True
     assert printed["train_flops_per_img"] == 4 * printed["fwd_flops"]
