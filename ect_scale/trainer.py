@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 

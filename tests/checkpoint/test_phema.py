@@ -86,7 +86,7 @@ def test_phema_tool_reproduces_a_directly_tracked_ema(tmp_path, capsys):
     assert phema.main([os.path.join(run_dir, "snapshots"), "--std", "0.07", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert f"{2 * STEPS} snapshots of sigma_rel [0.05, 0.1]" in printed and "profile error" in printed
-    net, meta = load_network_file(os.path.join(out, f"phema-0000000-0.070.safetensors"))
+    net, meta = load_network_file(os.path.join(out, "phema-0000000-0.070.safetensors"))
     assert meta["nimg"] == 8 * STEPS and meta["ema"] == "phema-0.070"
     rec = net.state_dict()
     names = [n for n, p in net.named_parameters()]

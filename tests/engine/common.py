@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ect_scale.config import load_config
+from ect_scale.config import Config, load_config
 from ect_scale.ect import build_objective, step_generator
 from ect_scale.networks import build_network, forced_weight_norm_
 
 
-def tiny_cfg(stage: int, precision: str = "fp32", batch_size: int = 8, batch_gpu: int = 2, **extra) -> "Config":
+def tiny_cfg(stage: int, precision: str = "fp32", batch_size: int = 8, batch_gpu: int = 2, **extra) -> Config:
     dtype = "float32" if precision == "fp32" else "bfloat16"
     args = [f"--engine.zero_stage={stage}", f"--engine.precision={precision}", f"--network.compute_dtype={dtype}",
             "--network.preset=tiny-latent", "--network.dropout=0.3", "--network.dropout_res=8",

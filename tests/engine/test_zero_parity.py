@@ -50,7 +50,6 @@ def test_zero_stage_matches_reference_fp32(stage):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_bf16_master_weights_stay_normalised(stage):
-    cfg = tiny_cfg(stage, "bf16")
     ref_state, ref_losses = reference_run(tiny_cfg(stage, "fp32"), world_size=2, steps=STEPS)
     results = run_ranks(_worker, 2, args=(stage, "bf16"), timeout=300)
     for r in results:
