@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the carried wheels (.whl/, built on a machine with network access) into /tmp/site on an offline GPU host.
-# Build them with: pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl, plus
-# pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl <its dependencies> (see BENCHMARKS.md).
+# Build them first with `bash benchmarks/fetch_wheels.sh` (the pinned list is benchmarks/wheels.txt), then pass
+# `.whl` in the device call's carry list.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
