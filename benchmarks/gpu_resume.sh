@@ -27,21 +27,12 @@ NA=${NA:-4}; NB=${NB:-2}    # processes in leg A and leg B
 ZERO=${ZERO:-1}              # ZeRO stage (1 or 2; the universal-checkpoint path is the same)
 read -r -a EXTRA <<<"${TRAIN_EXTRA:-}"  # extra overrides for both legs, e.g. TRAIN_EXTRA='--engine.compile=true'
 
-if [[ "${DS_ACCELERATOR:-}" == cpu ]] || ! command -v nvidia-smi >/dev/null 2>&1; then
-  DEVICE=cpu
-  export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=1
-  [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]] && source .venv/bin/activate
-  LEG_TIMEOUT=900
-else
-  DEVICE=gpu
-  source benchmarks/setup_gpu.sh || { echo "gpu_resume: FAIL (benchmarks/setup_gpu.sh failed)"; exit 1; }
-  set +e
-  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # Keep multicast off.
-  LEG_TIMEOUT=300
+source benchmarks/env.sh; device_env gpu_resume
+if [[ $DEVICE == gpu ]]; then
   GPUS=$(nvidia-smi -L | grep -c '^GPU')
   (( GPUS >= NA )) || { echo "gpu_resume: FAIL (leg A needs $NA GPUs, nvidia-smi lists $GPUS)"; exit 1; }
 fi
-export PYTHONUNBUFFERED=1 REPO
+export REPO
 TOL=${TOL:-0}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ect_resume.XXXXXX")
 RUN=$WORK/run
@@ -107,7 +98,7 @@ leg() {  # leg NAME NPROC ENTRY [extra args]: one torchrun invocation, output ap
   echo "==== leg $name: $n processes ($DEVICE), $(date -u +%T)" >>"$LOG"
   echo "+ python3 -m torch.distributed.run --standalone --nproc_per_node $n $entry ${ARGS[*]} $*" >>"$LOG"
   local t=$(date +%s)
-  timeout "$LEG_TIMEOUT" python3 -m torch.distributed.run --standalone --nproc_per_node "$n" \
+  timeout "$STEP_TIMEOUT" python3 -m torch.distributed.run --standalone --nproc_per_node "$n" \
     "$entry" "${ARGS[@]}" "$@" >>"$LOG" 2>&1
   local rc=$?
   echo "==== leg $name: exit $rc after $(( $(date +%s) - t )) s" >>"$LOG"

@@ -29,19 +29,7 @@ mkdir -p "$O"
 NP=${NP:-2}                  # training processes
 read -r -a EXTRA <<<"${TRAIN_EXTRA:-}"  # extra train.py overrides, e.g. TRAIN_EXTRA='--engine.compile=true'
 
-if [[ "${DS_ACCELERATOR:-}" == cpu ]] || ! command -v nvidia-smi >/dev/null 2>&1; then
-  DEVICE=cpu
-  export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=1
-  [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]] && source .venv/bin/activate
-  STEP_TIMEOUT=900
-else
-  DEVICE=gpu
-  source benchmarks/setup_gpu.sh || { echo "gpu_s3_run: FAIL (benchmarks/setup_gpu.sh failed)"; exit 1; }
-  set +e
-  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # Keep multicast off.
-  STEP_TIMEOUT=300
-fi
-export PYTHONUNBUFFERED=1
+source benchmarks/env.sh; device_env gpu_s3_run
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ect_s3.XXXXXX")
 LOG=$O/s3_run.log
 SLOG=$O/s3_server.log

@@ -3,16 +3,10 @@
 # accumulation rounds) under ZeRO-3 and ZeRO-2 (eager, so no compile time is charged); an elastic resume
 # 8 -> 4 GPUs (tiny net, ZeRO-3); the 50k-sample FID benchmark on 8 GPUs.
 set -uo pipefail
-source benchmarks/setup_gpu.sh; set +e
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-O=/tmp/round8b; mkdir -p $O
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee $O/gpus.txt
-b() { local n=$1 lim=$2; shift 2; echo "== $n GPU: $*"
-      timeout $lim torchrun --standalone --nproc_per_node $n launchers/bench.py --out $O/bench.jsonl "$@" > $O/b.last 2>&1
-      echo "rc=$?"; grep -E "^\{|Error|out of memory" $O/b.last | tail -2 | cut -c1-700; }
+source benchmarks/env.sh; round_env round8b
 XXL="--preset edm2-img512-xxl --sdpa --channels-last --batch-gpu 32 --accum 8 --steps 2 --warmup 1"
 b 8 150 $XXL --zero-stage 3
 b 8 150 $XXL --zero-stage 2
 echo "== resume 8 -> 4 (ZeRO-3)"; NA=8 NB=4 ZERO=3 TRAIN_EXTRA='--train.batch_gpu=2' timeout 150 bash benchmarks/gpu_resume.sh > $O/resume.log 2>&1; echo "rc=$?"; tail -2 $O/resume.log
 echo "== FID bench (8 GPUs, 50k)"; timeout 200 python3 tools/bench_fid.py --gpus 8 --num-samples 50000 > $O/fid.log 2>&1; echo "rc=$?"; grep BENCH_RESULT $O/fid.log | cut -c1-700
-cp $O/bench.jsonl ${OUT:-/tmp}/round8b-bench.jsonl 2>/dev/null; tar czf ${OUT:-/tmp}/round8b-logs.tgz -C $O .
+collect round8b
