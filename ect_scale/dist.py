@@ -72,8 +72,20 @@ def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
     minutes = timeout_min if timeout_min is not None else float(os.environ.get("ECT_DIST_TIMEOUT_MIN", "60"))
     import deepspeed  # Lazy: deepspeed's comm layer wraps torch.distributed and must own the group.
 
+    if dev.type == "cpu":
+        _skip_shm_inference_op()
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=minutes),
                                rank=env_rank(), world_size=env_world_size())
+
+
+def _skip_shm_inference_op() -> None:
+    """On CPUs DeepSpeed JIT-compiles a shared-memory all-reduce (~60 s on a fresh machine) that only its
+    `inference_all_reduce` uses; training never calls it, so do not build it (deepspeed==0.19.8, comm/torch.py)."""
+    import importlib
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # Not `import ... as`: deepspeed.comm.torch is shadowed.
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
 
 
 def init_from_env(device: str = "auto", timeout_min: float = 60.0) -> torch.device:

@@ -6,6 +6,9 @@ What it adds to a plain `deepspeed.initialize`:
     no extra gather, one all-reduce of per-row norms (`master.MasterWeights`);
   * a non-finite guard: a step is skipped on every rank when any rank's loss was not finite or the global
     gradient norm is not finite (bf16 ZeRO-1/2 has no overflow check of its own; `systems.md` §1.7);
+  * precision modes (`ect_scale.precision`): the U-Net's compute dtype and TF32 are set per mode, the parameter
+    copy is bf16 or fp32 (`engine.param_dtype`), and fp16 compute runs with dynamic loss scaling: the loss is
+    scaled before backward and the gradients are unscaled (and clipped) inside the step hook, on every stage;
   * the pretrained fp32 weights are written into the fp32 master copy (DeepSpeed would otherwise start from the
     bf16-rounded module), and MP-Fourier buffers stay fp32 (their random frequencies are fixed constants);
   * the learning rate is set per step from images seen (EDM2's inverse-square-root schedule).
@@ -26,13 +29,14 @@ from ect_scale import dist
 from ect_scale.config import Config
 from ect_scale.master import MasterWeights, _key
 from ect_scale.networks.layers import MPFourier
+from ect_scale.precision import COMPUTE_DTYPE, LossScaler, set_tf32
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
     """The DeepSpeed JSON for this run (printed at startup; see `systems.md` §1.2)."""
     e, o = cfg.engine, cfg.optim
     rounds = cfg.train.accumulation_rounds(world_size)
-    bf16 = e.precision == "bf16"
+    bf16 = e.resolved_param_dtype() == "bf16"
     on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     zero: dict = {"stage": e.zero_stage}
     if e.zero_stage > 0:
@@ -52,7 +56,8 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "gradient_accumulation_steps": rounds,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
-        "gradient_clipping": o.grad_clip,
+        # With loss scaling the step hook unscales and clips (DeepSpeed would clip the scaled norm).
+        "gradient_clipping": 0.0 if uses_loss_scaling(e) else o.grad_clip,
         "optimizer": {"type": "Adam", "params": adam},
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
@@ -66,11 +71,41 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
     return config
 
 
+def uses_loss_scaling(engine_cfg) -> bool:
+    return "fp16" in engine_cfg.modes_used()
+
+
+def build_loss_scaler(engine_cfg) -> Optional[LossScaler]:
+    """The fp16 loss scaler of this run (None when no fp16 mode is used)."""
+    if not uses_loss_scaling(engine_cfg):
+        return None
+    if engine_cfg.loss_scale == "dynamic":
+        return LossScaler(dynamic=True, window_nimg=engine_cfg.loss_scale_window_nimg)
+    return LossScaler(init_scale=float(engine_cfg.loss_scale), dynamic=False)
+
+
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def setup_compile_cache(cfg: Config):
+    """Point inductor's (and Triton's) cache at a folder that survives restarts: a resumed or re-launched run then
+    loads the compiled kernels instead of compiling again. Returns the folder (None = torch's default)."""
+    if not cfg.engine.compile or cfg.engine.compile_cache_dir is None:
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:  # The user's choice wins.
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    path = cfg.engine.compile_cache_dir
+    if path == "auto":
+        path = os.path.join(cfg.run_dir, "compile_cache")
+    if "://" in path:
+        return None  # Object storage cannot hold a compile cache; keep torch's default.
+    os.makedirs(path, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(path)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def _promote_scalars(net: torch.nn.Module) -> None:
@@ -125,6 +160,23 @@ class Engine:
         self.load_master_(fp32_state)
         self._force_skip, self._flags, self._applied, self.last_flags = False, None, False, None
         self.skipped_steps = 0
+        self.scaler = build_loss_scaler(cfg.engine)
+        self.clip = float(cfg.optim.grad_clip or 0.0)
+        self._scale, self.last_scale_note = 1.0, ""
+        self.mode: Optional[str] = None
+        self.set_precision(cfg.engine.precision)
+
+    def set_precision(self, mode: str) -> None:
+        """Compute the U-Net's main path in `mode` from the next forward on (its dtype and TF32; a compiled module
+        compiles once more for a new dtype). Master weights, optimizer and parameter storage are unchanged."""
+        self.module.compute_dtype = COMPUTE_DTYPE[mode]
+        set_tf32(mode)
+        self.mode = mode
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor the next backward multiplies the loss by (1 outside fp16 mode)."""
+        return self.scaler.scale if self.scaler is not None and self.mode == "fp16" else 1.0
 
     # ------------------------------------------------------------------ setup
     def _restore_fp32_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
@@ -178,6 +230,7 @@ class Engine:
         def step(*args, **kwargs):
             if not self._decide():
                 return None
+            self._unscale_and_clip(inner)
             out = original(*args, **kwargs)
             updated = {_key(p) for g in inner.param_groups for p in g["params"]}
             self.master.forced_weight_norm_(updated)
@@ -193,8 +246,19 @@ class Engine:
             parts.append(self._flags.detach().float().reshape(-1).to(parts[0].device))
         host = torch.cat(parts).tolist()
         self.last_flags = host[1:] if self._flags is not None else []
+        self._host_norm = host[0]
         norm_ok = math.isfinite(host[0]) and host[0] >= 0
         return norm_ok and not self._force_skip and not any(f > 0 for f in self.last_flags[:1])
+
+    def _unscale_and_clip(self, inner) -> None:
+        """Divide the gradients by the loss scale and clip them by their true norm (only when a loss scaler is
+        active; DeepSpeed clips otherwise). Runs on this rank's gradient partitions just before Adam."""
+        if self.scaler is None:
+            return
+        factor, _ = LossScaler.unscale_factor_for(self._scale, self._host_norm, self.clip)
+        if factor != 1.0:
+            grads = [p.grad for g in inner.param_groups for p in g["params"] if p.grad is not None]
+            torch._foreach_mul_(grads, factor)
 
     def _norm_tensor(self) -> torch.Tensor:
         norm = getattr(self.optimizer, "_global_grad_norm", None)
@@ -221,7 +285,8 @@ class Engine:
         tensor the caller has all-reduced (MAX) across ranks; reading it is folded into the one host sync of the
         step. `last_flags` then holds the host copy of `flags` (e.g. a stop request in flags[1])."""
         boundary = self.engine.is_gradient_accumulation_boundary()
-        self.engine.backward(loss)
+        self._scale = self.loss_scale
+        self.engine.backward(loss * self._scale if self._scale != 1.0 else loss)
         if not boundary:
             self.engine.step()
             return None
@@ -234,11 +299,17 @@ class Engine:
         self._force_skip, self._flags = False, None
         if not self._applied:
             self.skipped_steps += 1
-        return StepResult(applied=self._applied, grad_norm=self.engine.get_global_grad_norm())
+        self.last_scale_note = ""
+        if self.scaler is not None and self.mode == "fp16":
+            self.last_scale_note = self.scaler.update(self._applied, self.cfg.train.batch_size)
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None and self._scale != 1.0:
+            norm = norm / self._scale
+        return StepResult(applied=self._applied, grad_norm=norm)
 
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
-        return float("nan") if norm is None else float(norm)
+        return float("nan") if norm is None else float(norm) / self._scale
 
     def is_boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()

@@ -205,7 +205,7 @@ class Checkpointer:
     def _trainer_meta(self, trainer: "Trainer", tag: str) -> dict:
         cfg = self.cfg
         return {"format": FORMAT, "tag": tag, "nimg": trainer.state.nimg, "train_state": trainer.state.state_dict(),
-                "world_size": self.world_size, "zero_stage": cfg.engine.zero_stage, "precision": cfg.engine.precision,
+                "world_size": self.world_size, "zero_stage": cfg.engine.zero_stage, "precision": cfg.engine.resolved_param_dtype(),
                 "deepspeed": ds_version(), "torch": torch.__version__, "immutable": immutable_fields(cfg),
                 "ema_profiles": list(trainer.ema.profiles), "ema_nimg": int(trainer.ema.nimg),
                 "param_shapes": {k: list(v) for k, v in trainer.engine.param_shapes.items()},

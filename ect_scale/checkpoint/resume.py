@@ -70,7 +70,7 @@ def needs_universal(meta: dict, cfg: Config, world_size: int) -> bool:
     if cfg.engine.zero_stage == 0:
         return False
     return (int(meta["world_size"]) != world_size or int(meta["zero_stage"]) != cfg.engine.zero_stage
-            or meta["precision"] != cfg.engine.precision)
+            or meta["precision"] != cfg.engine.resolved_param_dtype())
 
 
 def verify_files(folder: str, marker: Marker, checksum: bool) -> list[str]:

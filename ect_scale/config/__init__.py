@@ -57,9 +57,9 @@ class Config:
         if self.ect.learned_uncertainty:
             check(self.network.logvar_channels > 0, "ect.learned_uncertainty",
                   "needs the log-variance head", "set network.logvar_channels > 0 (EDM2: 128)")
-        if self.engine.precision == "fp32":
-            check(self.network.compute_dtype == "float32", "network.compute_dtype",
-                  "must be float32 when engine.precision is fp32", "set network.compute_dtype=float32 or engine.precision=bf16")
+        check(self.network.compute_dtype == "float32", "network.compute_dtype",
+              f"training computes in engine.precision ({self.engine.precision}); network.compute_dtype only applies "
+              "to networks built for sampling", "remove network.compute_dtype and set engine.precision=bf16|fp16|tf32|fp32")
 
     # Fields that must not change when resuming a run (the checkpoint stores them and names any difference).
     IMMUTABLE = ("network", "ect", "train.batch_size", "train.seed", "optim", "ema.stds", "ema.beta")

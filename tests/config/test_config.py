@@ -76,7 +76,7 @@ def test_base_inheritance_and_cycle(tmp_path):
 
 def test_immutable_fields_exclude_speed_options():
     a = load_config(None, URL + ["--network.preset=tiny-latent"])
-    b = load_config(None, URL + ["--network.preset=tiny-latent", "--network.compute_dtype=bfloat16",
+    b = load_config(None, URL + ["--network.preset=tiny-latent", "--engine.precision=bf16",
                                  "--engine.zero_stage=2", "--train.batch_gpu=16"])
     assert immutable_fields(a) == immutable_fields(b)
     c = load_config(None, URL + ["--network.preset=tiny-latent", "--ect.q=8"])

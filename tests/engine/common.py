@@ -10,8 +10,7 @@ from ect_scale.networks import build_network, forced_weight_norm_
 
 
 def tiny_cfg(stage: int, precision: str = "fp32", batch_size: int = 8, batch_gpu: int = 2, **extra) -> Config:
-    dtype = "float32" if precision == "fp32" else "bfloat16"
-    args = [f"--engine.zero_stage={stage}", f"--engine.precision={precision}", f"--network.compute_dtype={dtype}",
+    args = [f"--engine.zero_stage={stage}", f"--engine.precision={precision}",
             "--network.preset=tiny-latent", "--network.dropout=0.3", "--network.dropout_res=8",
             f"--train.batch_size={batch_size}", f"--train.batch_gpu={batch_gpu}", "--data.kind=synthetic",
             "--optim.lr=0.01", "--optim.decay_nimg=0", "--ect.stage_nimg=16", "--ect.q=2", "--ect.P_mean=0.0",

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Round 13b (one H200): the GPU precision A/B/C of docs/precision.md, and a real run of the compiled CUDA-graph
+# setting with checkpoints, a stop and resume, EMA exports and in-loop evaluation.
+#   1. digits at 16x16 -> shards; the offline metric's classifier and its reference statistics;
+#   2. an EDM2-S teacher pretrained here with EDM2's diffusion loss (benchmarks/abc/teacher.yaml);
+#   3. three ECT runs from it at once, same data and seeds, through the last stage: bf16 and tf32 eager, fp16
+#      compiled with CUDA graphs + in-loop FD_classifier, stopped at the half (slice) and resumed;
+#   4. FD_classifier of the teacher (Heun 32) and of each run's EMA (1 and 2 steps); the gradient's rounding error
+#      per stage (tools/precision_report.py --grads) on the teacher and on the fp16 run's final EMA.
+# SMOKE=1 runs the same pipeline with a tiny network on the CPU (seconds of training), to check the script.
+set -uo pipefail
+source benchmarks/env.sh; round_env round13b
+export TORCHINDUCTOR_COMPILE_THREADS=6
+R=$O/abc; mkdir -p "$R"
+NET=(); TEACH=(--train.total_nimg=192000); ECTN=(); EV=5000
+if [[ "${SMOKE:-0}" == 1 ]]; then
+  NET=(--network.model_channels=16 --network.channel_mult=[1,2] --network.num_blocks=1 --network.attn_resolutions=[8]
+       --network.channels_per_head=16)
+  TEACH=(--train.total_nimg=1024 --train.batch_size=64 --train.batch_gpu=64 --train.status_nimg=512)
+  ECTN=(--train.total_nimg=1024 --ect.stage_nimg=256 --train.batch_size=64 --train.batch_gpu=64 --train.status_nimg=256
+        --ema.export_nimg=512 --checkpoint.interval_nimg=512)
+  EV=200
+fi
+HALF=$([[ "${SMOKE:-0}" == 1 ]] && echo 512 || echo 24576)
+say() { echo "[$(date +%T)] $*"; }
+
+say "data, classifier, reference statistics"
+python3 tools/make_shards.py --source sklearn-digits --out "$R/data" --resolution 16 --pixels --grayscale \
+  --num-shards 16 --progress-s 600 > "$R/shards.log" 2>&1 || { echo "shards failed"; tail -5 "$R/shards.log"; }
+python3 tools/train_classifier.py --data "$R/data/manifest.json" --out "$R/classifier.safetensors" --threads 8 2>&1 | tail -2
+python3 tools/fid_ref.py --shards "$R/data/manifest.json" --classifier "$R/classifier.safetensors" --out "$R/ref.npz" \
+  --metrics fd_classifier --progress none > "$R/ref.log" 2>&1; echo "ref rc=$?"
+
+say "teacher"
+MASTER_PORT=29610 timeout 240 python3 launchers/train.py --config benchmarks/abc/teacher.yaml --run_dir="$R/teacher" \
+  --data.url="$R/data/manifest.json" "${NET[@]}" "${TEACH[@]}" > "$R/teacher.log" 2>&1; echo "teacher rc=$?"
+grep -E "^kimg" "$R/teacher.log" | tail -2
+TEACHER=$(ls "$R"/teacher/ema/*.safetensors | tail -1)
+
+say "ECT: bf16, tf32 (eager) and fp16 (compiled, CUDA graphs, in-loop evaluation, stop at the half and resume)"
+COMMON=(--config benchmarks/abc/ect.yaml --init="$TEACHER" --data.url="$R/data/manifest.json" "${NET[@]}" "${ECTN[@]}")
+FAST=(--engine.compile=true --engine.compile_mode=reduce-overhead --engine.channels_last=true --network.attention=sdpa
+      --eval.interval_nimg=$HALF --eval.metrics=[fd_classifier] --eval.classifier_path="$R/classifier.safetensors"
+      --eval.ref_stats="$R/ref.npz" --eval.num_samples=2000 --eval.batch_gpu=500 --train.slice_nimg=$HALF)
+run() { local port=$1 mode=$2; shift 2
+  MASTER_PORT=$port timeout 420 python3 launchers/train.py "${COMMON[@]}" --run_dir="$R/ect-$mode" \
+    --engine.precision=$mode "$@" >> "$R/ect-$mode.log" 2>&1; echo "ect-$mode rc=$?"; }
+run 29611 bf16 &
+run 29612 tf32 &
+( run 29613 fp16 "${FAST[@]}"; say "fp16: resuming"; run 29613 fp16 "${FAST[@]}" ) &
+wait
+grep -hE "compile:|precision|Stopping|resumed|eval\]" "$R"/ect-fp16.log | cut -c1-220
+
+say "evaluation (FD_classifier, $EV samples)"
+EVAL=(--classifier "$R/classifier.safetensors" --ref "$R/ref.npz" --num-samples $EV --batch-gpu 500 --progress none)
+python3 launchers/evaluate.py --net "$TEACHER" --sampler heun --heun-steps 32 "${EVAL[@]}" --out "$R/eval-teacher.json" \
+  > "$R/eval-teacher.log" 2>&1; echo "eval teacher rc=$?"
+for m in bf16 tf32 fp16; do
+  for ema in power-0.050 power-0.100; do
+    f=$(ls "$R"/ect-$m/ema/*-$ema.safetensors 2>/dev/null | tail -1)
+    [[ -n "$f" ]] && python3 launchers/evaluate.py --net "$f" --steps 1,2 --t-mid 1.526 "${EVAL[@]}" \
+      --out "$R/eval-$m-$ema.json" > "$R/eval-$m-$ema.log" 2>&1; echo "eval $m $ema rc=$?"
+  done
+done
+
+say "rounding error per stage (forward and gradient)"
+python3 tools/precision_report.py --net "$TEACHER" --config benchmarks/abc/ect.yaml --stages 0,1,2,3 --grads \
+  --modes bf16,fp16,fp16@bf16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-teacher.json" 2>&1 | tail -24
+F16=$(ls "$R"/ect-fp16/ema/*-power-0.100.safetensors 2>/dev/null | tail -1)
+[[ -n "$F16" ]] && python3 tools/precision_report.py --net "$F16" --config benchmarks/abc/ect.yaml --stages 3 --grads \
+  --modes bf16,fp16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-ect-fp16.json" 2>&1 | tail -8
+
+say "collect"
+python3 - "$R" <<'EOF'
+import glob, json, os, sys
+R = sys.argv[1]
+out = {"stats": {}, "eval": {}, "precision": {}}
+for run in ("teacher", "ect-bf16", "ect-tf32", "ect-fp16"):
+    p = os.path.join(R, run, "stats.jsonl")
+    out["stats"][run] = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+for p in glob.glob(os.path.join(R, "eval-*.json")):
+    out["eval"][os.path.basename(p)[5:-5]] = json.load(open(p))["networks"][0]["results"]
+for p in glob.glob(os.path.join(R, "prec-*.json")):
+    out["precision"][os.path.basename(p)[5:-5]] = json.load(open(p))
+json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "round13b.json"), "w"))
+for k, v in sorted(out["eval"].items()):
+    print(k, {s: {m: round(r["min"], 3) for m, r in ms.items()} for s, ms in v.items()})
+EOF
+tar czf "${OUT:-/tmp}/round13b-logs.tgz" -C "$R" --exclude='*.safetensors' --exclude=checkpoints --exclude=data \
+  --exclude=compile_cache --exclude=tensorboard .
+for f in $(ls "$R"/ect-fp16/samples/*.png 2>/dev/null | tail -2); do cp "$f" "${OUT:-/tmp}/"; done
+say "done"

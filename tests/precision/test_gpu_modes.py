@@ -1,0 +1,54 @@
+"""On a GPU: every precision mode compiled with CUDA graphs (the recipes' setting: compile with reduce-overhead,
+channels-last, SDPA) against plain fp32 eager with TF32 off, through the real engine (one process, NCCL).
+The update after a few Adam steps and the loss must track fp32, with the expected ordering of the modes' errors;
+fp16 runs loss-scaled without skipping. Skipped without CUDA."""
+
+import pytest
+import torch
+
+from tests.engine.common import initial_net, micro_loss, tiny_cfg
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+STEPS = 4
+FAST = {"engine.compile": "true", "engine.compile_mode": "reduce-overhead", "engine.channels_last": "true",
+        "network.attention": "sdpa"}
+
+
+def _run(mode: str, fast: bool, tmp_path):
+    from ect_scale import dist
+    from ect_scale.engine import Engine
+
+    dist.init()
+    extra = dict(FAST if fast else {}, run_dir=str(tmp_path / mode))
+    cfg = tiny_cfg(1, mode, batch_size=8, batch_gpu=8, **extra)
+    engine = Engine(cfg, initial_net(cfg).cuda())
+    engine.module.train()
+    losses = []
+    for step in range(STEPS):
+        if fast:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = micro_loss(engine, engine.module, cfg, 0, step, 0, step * 8, device="cuda")
+        losses.append(float(loss))
+        res = engine.micro_step(loss, lr=cfg.optim.lr)
+        assert res.applied, f"{mode}: step {step} skipped"
+    return engine.full_state(), losses
+
+
+def _update_error(state, ref, init) -> float:
+    num = sum(float(((state[n] - init[n]) - (ref[n] - init[n])).square().sum()) for n in init)
+    den = sum(float((ref[n] - init[n]).square().sum()) for n in init)
+    return (num / den) ** 0.5
+
+
+def test_compiled_modes_track_fp32(tmp_path):
+    init_cfg = tiny_cfg(1, "fp32")
+    ref, ref_losses = _run("fp32", False, tmp_path)
+    init = {n: v.reshape(ref[n].shape) for n, v in initial_net(init_cfg).state_dict().items() if n in ref}
+    errors = {}
+    for mode in ("tf32", "fp16", "bf16"):
+        state, losses = _run(mode, True, tmp_path)
+        errors[mode] = _update_error(state, ref, init)
+        assert losses[0] == pytest.approx(ref_losses[0], rel={"tf32": 2e-3, "fp16": 5e-3, "bf16": 3e-2}[mode])
+    print("update error vs fp32:", errors)
+    assert errors["tf32"] < 0.1 and errors["fp16"] < 0.1 and errors["bf16"] < 0.3
+    assert errors["fp16"] < errors["bf16"]  # 11 significand bits beat 8.
