@@ -12,16 +12,37 @@ import torch
 from ect_scale.ect import generate
 
 
+PAD_VALUE = 128  # Mid-grey gutters: visible against dark and bright images alike.
+
+
+def auto_zoom(resolution: int, min_cell: int = 32) -> int:
+    """Nearest-neighbour magnification that makes each grid cell at least `min_cell` pixels (tiny datasets)."""
+    return max(1, -(-min_cell // resolution))
+
+
+def make_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 0, zoom: int = 1,
+              pad_value: int = PAD_VALUE) -> torch.Tensor:
+    """uint8 [N,C,H,W] -> uint8 [C, rows*(zH+pad)+pad, cols*(zW+pad)+pad]: row-major cells magnified `zoom` times
+    (nearest neighbour) with `pad`-pixel gutters between and around them (none when pad=0); unused cells black."""
+    n, c, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    if zoom > 1:
+        images = images.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
+        h, w = h * zoom, w * zoom
+    cells = torch.zeros([rows * cols, c, h, w], dtype=images.dtype, device=images.device)
+    cells[:n] = images
+    cells = cells.view(rows, cols, c, h, w)
+    if pad:
+        cells = torch.nn.functional.pad(cells, (0, pad, 0, pad), value=pad_value)  # Right and bottom gutters.
+        h, w = h + pad, w + pad
+    grid = cells.permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    return torch.nn.functional.pad(grid, (pad, 0, pad, 0), value=pad_value) if pad else grid
+
+
 def tile(images_uint8: torch.Tensor) -> torch.Tensor:
-    """[N,3,H,W] uint8 -> one [3, rows*H, cols*W] grid."""
-    n, c, h, w = images_uint8.shape
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = images_uint8[i].cpu()
-    return grid
+    """[N,3,H,W] uint8 -> one padded grid (CPU), tiny images magnified to >= 32 px cells."""
+    return make_grid(images_uint8.cpu(), pad=2, zoom=auto_zoom(images_uint8.shape[-1]))
 
 
 @torch.no_grad()

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--data", metavar="DIR|ZIP|NPZ", help="images already at the training resolution, used as stored")
     src.add_argument("--source", metavar="DIR|sklearn-digits", help="raw images (ImageNet class tree, flat folder, "
                      "sklearn-digits), center-cropped to --resolution as tools/make_shards.py does")
+    src.add_argument("--shards", metavar="MANIFEST", help="a small shard dataset, decoded as samples are (with "
+                     "--classifier: the offline development metric)")
     ap.add_argument("--resolution", type=int, default=None, help="with --source: crop size (ImageNet-512: 512)")
     ap.add_argument("--labels", default=None, help="with --source: labels file of a flat folder (as make_shards.py)")
     ap.add_argument("--out", default=None, metavar="PKL|NPZ", help="where to write the statistics")
@@ -65,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def open_dataset(args) -> torch.utils.data.Dataset:
+    if args.shards is not None:
+        from ect_scale.eval.images import TensorImages, decoded_shards
+
+        images, _, _ = decoded_shards(args.shards, getattr(args, "vae", None))
+        return TensorImages(images, max_images=args.max_images, seed=args.seed, where=args.shards)
     if args.source is None:
         return ImageDataset(args.data, max_images=args.max_images, seed=args.seed)
     if not args.resolution:
@@ -82,12 +89,12 @@ def main_body(args, device) -> int:
         raise ConfigError(f"--out: {args.out} must end in .pkl (EDM2 format) or .npz (ours). Fix: rename it")
     dataset = open_dataset(args)
     print0(f"[ref] {len(dataset):,} images of {dataset.resolution[1]}x{dataset.resolution[0]} from "
-           f"{args.data or args.source}, metrics {metrics}, {get_world_size()} rank(s)")
+           f"{args.data or args.source or args.shards}, metrics {metrics}, {get_world_size()} rank(s)")
     loader = rank_loader(dataset, args.batch_gpu, get_rank(), get_world_size(), num_workers=args.workers,
                          pin_memory=device.type == "cuda")
     t0 = time.perf_counter()
     stats = dataset_stats(loader, len(dataset), detectors, device, progress=args.progress, desc="ref")
-    report = {"data": args.data or args.source, "num_images": len(dataset), "resolution": list(dataset.resolution),
+    report = {"data": args.data or args.source or args.shards, "num_images": len(dataset), "resolution": list(dataset.resolution),
               "detectors": {m: d.describe() for m, d in detectors.items()}, "world_size": get_world_size(),
               "wall_s": round(time.perf_counter() - t0, 2)}
     if args.out and is_main():

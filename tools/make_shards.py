@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Turn an image source into WebDataset tar shards plus manifest.json on any fsspec URL (local, s3://, gs://, ...).
 
-    # The quickstart's data: scikit-learn's 8x8 digits upscaled to 32x32 RGB pixels (no download).
-    python tools/make_shards.py --source sklearn-digits --out data/digits32 --resolution 32 --pixels --num-shards 16
+    # The quickstart's data (launchers/quickstart.sh): scikit-learn's 8x8 digits as grayscale pixels (no download).
+    python tools/make_shards.py --source sklearn-digits --out data/digits --resolution 8 --pixels --grayscale
 
     # ImageNet-512 as SD-VAE latents (posterior mean and std, float16), 8 writers, straight to S3.
     torchrun --nproc_per_node 8 tools/make_shards.py --source /data/ILSVRC/Data/CLS-LOC/train \\
@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     kind.add_argument("--pixels", action="store_true", help="store uint8 RGB pixels [3,H,W]")
     kind.add_argument("--vae", nargs="?", const=SD_VAE_ID, metavar="DIR_OR_ID",
                       help=f"store SD-VAE posterior moments [8,H/8,W/8] (default id: {SD_VAE_ID})")
+    ap.add_argument("--grayscale", action="store_true", help="with --pixels: store 1-channel luma [1,H,W]")
     ap.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="latent storage dtype")
     ap.add_argument("--shard-size", type=int, default=1000, help="max samples per shard (default 1000)")
     ap.add_argument("--num-shards", type=int, help="exact shard count; best a multiple of GPUs x loader workers")
@@ -55,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--wait-timeout-s", type=float, default=0.0, help="writer 0's wait for other writers (0 = forever)")
     ap.add_argument("--progress-s", type=float, default=10.0, help="seconds between progress lines")
     args = ap.parse_args(argv)
+    if args.grayscale and not args.pixels:
+        ap.error("--grayscale needs --pixels (latents have the VAE's channels)")
     if not 0 <= args.rank < args.world_size:
         ap.error(f"--rank {args.rank} must be in [0, --world-size={args.world_size})")
     if args.shard_size < 1 or (args.num_shards is not None and args.num_shards < 1):
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     storage = StorageOptions(endpoint_url=args.endpoint_url)
     try:
         source = open_source(args.source, args.labels)
-        converter = PixelConverter() if args.pixels else VaeConverter(args.vae, args.device or default_device(),
+        converter = PixelConverter(args.grayscale) if args.pixels else VaeConverter(args.vae, args.device or default_device(),
                                                                       args.dtype)
         if args.finalize_only:
             shards = plan_shards(len(source), opts)

@@ -34,15 +34,22 @@ class RawConverter(abc.ABC):
 
 
 class PixelConverter(RawConverter):
-    """uint8 RGB [N,H,W,3] -> uint8 [N,3,H,W] (pixel-space models, e.g. ImageNet-64)."""
+    """uint8 RGB [N,H,W,3] -> uint8 [N,3,H,W] (pixel-space models, e.g. ImageNet-64), or with `grayscale` the
+    luma [N,1,H,W] (ITU-R 601 weights, as PIL's convert('L'); the quickstart's digits)."""
+
+    def __init__(self, grayscale: bool = False):
+        self.channels = 1 if grayscale else 3
 
     def describe(self) -> dict:
-        return PixelEncoder().describe()
+        return PixelEncoder(self.channels).describe()
 
     def raw_spec(self, resolution: int) -> tuple[list[int], str]:
-        return [3, resolution, resolution], "uint8"
+        return [self.channels, resolution, resolution], "uint8"
 
     def convert(self, images: np.ndarray) -> np.ndarray:
+        if self.channels == 1:
+            luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            return np.ascontiguousarray(np.round(luma).clip(0, 255).astype(np.uint8)[:, None])
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 

@@ -24,19 +24,25 @@ VAE_DOWNSAMPLE = 8  # SD-VAE: image resolution / latent resolution.
 
 
 class PixelEncoder:
-    """uint8 RGB <-> [-1, 1] (EDM2's StandardRGBEncoder semantics)."""
+    """uint8 RGB (or grayscale) <-> [-1, 1] (EDM2's StandardRGBEncoder semantics). `decode` always returns RGB:
+    grayscale images are repeated over 3 channels, the format detectors and sample grids take."""
 
     kind = "pixels"
-    raw_channels = 3
+
+    def __init__(self, channels: int = 3):
+        if channels not in (1, 3):
+            raise ValueError(f"pixel data must have 1 (grayscale) or 3 (RGB) channels, got {channels}")
+        self.raw_channels = channels
 
     def encode(self, raw: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return raw.to(torch.float32) / 127.5 - 1
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return (x0.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
+        out = (x0.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
+        return out.expand(-1, 3, -1, -1).contiguous() if out.shape[1] == 1 else out
 
     def describe(self) -> dict:
-        return {"kind": self.kind}
+        return {"kind": self.kind} if self.raw_channels == 3 else {"kind": self.kind, "channels": 1}
 
 
 class LatentEncoder:
@@ -113,7 +119,7 @@ def build_encoder(description: dict, vae_path: Optional[str] = None):
     """Encoder from a shard manifest's `encoder` entry; `vae_path` overrides where the VAE is loaded from."""
     kind = description.get("kind", "pixels")
     if kind == "pixels":
-        return PixelEncoder()
+        return PixelEncoder(int(description.get("channels", 3)))
     if kind == "sd-vae":
         return LatentEncoder(vae=vae_path or description.get("vae", SD_VAE_ID),
                              raw_mean=description.get("raw_mean", EDM2_RAW_MEAN),

@@ -76,8 +76,10 @@ def heun_sample(net, z: torch.Tensor, labels: Optional[torch.Tensor], num_steps:
 
 @torch.no_grad()
 def generate(net, seeds: Sequence[int], device, sampler: str = "consistency", t_max: float = 80.0,
-             t_mid: Sequence[float] = (), num_steps: int = 32, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Samples for `seeds` (one per seed), drawing noise and (unless given) labels from the seed generators."""
+             t_mid: Sequence[float] = (), num_steps: int = 32, labels: Optional[torch.Tensor] = None,
+             order: int = 2) -> torch.Tensor:
+    """Samples for `seeds` (one per seed), drawing noise and (unless given) labels from the seed generators.
+    sampler: 'consistency' (t_max, t_mid) or EDM's 'heun' (num_steps; order=1 gives Euler)."""
     rng = SeedGenerators(seeds, device)
     z = draw_latents(rng, net)
     if labels is None:
@@ -85,5 +87,5 @@ def generate(net, seeds: Sequence[int], device, sampler: str = "consistency", t_
     if sampler == "consistency":
         return consistency_sample(net, z, labels, rng, t_max=t_max, t_mid=t_mid)
     if sampler == "heun":
-        return heun_sample(net, z, labels, num_steps=num_steps, sigma_max=t_max)
+        return heun_sample(net, z, labels, num_steps=num_steps, sigma_max=t_max, order=order)
     raise ValueError(f"generate: unknown sampler {sampler!r} (expected 'consistency' or 'heun')")

@@ -37,7 +37,7 @@ DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-METRICS = ("fid", "fd_dinov2")
+METRICS = ("fid", "fd_dinov2", "fd_classifier")  # fd_classifier: development metric, eval/classifier.py.
 
 
 class DetectorFileError(FileNotFoundError):
@@ -187,14 +187,19 @@ class DINOv2Detector(Detector):
 
 
 def build_detectors(metrics, device, inception_path: Optional[str] = None, dinov2_repo: Optional[str] = None,
-                    dinov2_path: Optional[str] = None, trust_pickle: bool = False) -> dict[str, Detector]:
-    """metric name -> detector, for `metrics` ⊆ {'fid', 'fd_dinov2'}. Every rank loads its own copy."""
+                    dinov2_path: Optional[str] = None, trust_pickle: bool = False,
+                    classifier_path: Optional[str] = None) -> dict[str, Detector]:
+    """metric name -> detector, for `metrics` ⊆ METRICS. Every rank loads its own copy."""
     out: dict[str, Detector] = {}
     for metric in metrics:
         if metric == "fid":
             out[metric] = InceptionV3Detector(inception_path, device, trust_pickle=trust_pickle)
         elif metric == "fd_dinov2":
             out[metric] = DINOv2Detector(dinov2_repo, dinov2_path, device)
+        elif metric == "fd_classifier":
+            from ect_scale.eval.classifier import ClassifierDetector
+
+            out[metric] = ClassifierDetector(classifier_path, device)
         else:
             raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     return out

@@ -128,3 +128,32 @@ def rank_loader(dataset: torch.utils.data.Dataset, batch_size: int, rank: int, w
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                                        prefetch_factor=2 if num_workers > 0 else None,
                                        persistent_workers=False)
+
+
+def decoded_shards(url: str, vae_path: Optional[str] = None, device="cpu") -> tuple[torch.Tensor, torch.Tensor, object]:
+    """(uint8 RGB images [N,3,H,W], labels [N], manifest) of a whole (small) shard dataset, decoded exactly as
+    generated samples are (`encoder.decode(encoder.encode(raw))`): the data side of development metrics."""
+    from ect_scale.data.encoders import build_encoder
+    from ect_scale.data.readall import read_dataset
+
+    raw, labels, manifest = read_dataset(url)
+    encoder = build_encoder(manifest.encoder, vae_path)
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.cat([encoder.decode(encoder.encode(torch.from_numpy(raw[i:i + 256]).to(device), gen)).cpu()
+                        for i in range(0, len(raw), 256)])
+    return images, torch.from_numpy(labels), manifest
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """uint8 images [N,3,H,W] held in memory (e.g. `decoded_shards`), with a fixed random subset like ImageDataset."""
+
+    def __init__(self, images: torch.Tensor, max_images: Optional[int] = None, seed: int = 0, where: str = "shards"):
+        self.images = images
+        self.order = subset_order(len(images), max_images, seed, where)
+        self.resolution = tuple(images.shape[-2:])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return self.images[int(self.order[idx])]

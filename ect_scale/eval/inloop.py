@@ -12,7 +12,6 @@ returned in the mode they came in. The same seeds are used at every evaluation, 
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Optional
@@ -28,18 +27,9 @@ from ect_scale.eval.pipeline import eval_mode, generated_stats
 from ect_scale.eval.refs import ReferenceStats, load_reference
 from ect_scale.eval.sampling import SamplerSpec, consistency_spec, sample_many
 from ect_scale.eval.stats import fd_between
+from ect_scale.samples import auto_zoom, make_grid
 
-METRIC_TAGS = {"fid": "FID", "fd_dinov2": "FD_DINOv2"}
-
-
-def make_grid(images: torch.Tensor, cols: Optional[int] = None) -> torch.Tensor:
-    """uint8 [N,C,H,W] -> uint8 [C, rows*H, cols*W], row-major, unused cells black."""
-    n, c, h, w = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = torch.zeros([rows * cols, c, h, w], dtype=images.dtype, device=images.device)
-    grid[:n] = images
-    return grid.view(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+METRIC_TAGS = {"fid": "FID", "fd_dinov2": "FD_DINOv2", "fd_classifier": "FD_classifier"}
 
 
 class InLoopEvaluator:
@@ -53,7 +43,7 @@ class InLoopEvaluator:
         self.reference = reference if reference is not None else load_reference(cfg.ref_stats)
         self.detectors = detectors if detectors is not None else build_detectors(
             cfg.metrics, self.device, inception_path=cfg.inception_path, dinov2_repo=cfg.dinov2_repo,
-            dinov2_path=cfg.dinov2_path)
+            dinov2_path=cfg.dinov2_path, classifier_path=cfg.classifier_path)
         for metric, det in self.detectors.items():
             self.reference.require(metric, det.feature_dim)  # Fail now, not hours into training.
         self.seeds = np.arange(cfg.seed, cfg.seed + cfg.num_samples, dtype=np.int64)
@@ -106,7 +96,8 @@ class InLoopEvaluator:
                     samples = sample_many(net, seeds[start:start + self.cfg.batch_gpu], self.specs, self.device)
                     for spec_name, x in samples.items():
                         images.setdefault(f"Samples/{spec_name}/{net_name}", []).append(self.encoder.decode(x).cpu())
-        return {tag: make_grid(torch.cat(parts), cols=g) for tag, parts in images.items()}
+        return {tag: make_grid(torch.cat(parts), cols=g, pad=2, zoom=auto_zoom(parts[0].shape[-1]))
+                for tag, parts in images.items()}
 
     def _write(self, writer, results: dict[str, float], nimg: int) -> None:
         if writer is None or not is_main():

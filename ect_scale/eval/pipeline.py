@@ -130,11 +130,12 @@ def load_for_eval(path: str, device, vae_path: Optional[str] = None, encoder_kin
     if encoder_kind is not None:
         description = {"kind": encoder_kind} if encoder_kind != (description or {}).get("kind") else description
     if description is None:
-        description = {"kind": "pixels" if net.img_channels == 3 else "sd-vae"}
+        description = ({"kind": "pixels", "channels": net.img_channels} if net.img_channels in (1, 3)
+                       else {"kind": "sd-vae"})
         print0(f"[eval] {path} names no encoder; assuming {description['kind']} "
                "(EDM2's normalisation). Pass --encoder to choose")
     encoder = build_encoder(description, vae_path)
-    if isinstance(encoder, PixelEncoder) and net.img_channels != 3:
+    if isinstance(encoder, PixelEncoder) and net.img_channels != encoder.raw_channels:
         raise ValueError(f"{path}: a {net.img_channels}-channel network cannot use the pixel encoder. "
                          "Fix: pass --encoder sd-vae (and --vae DIR)")
     return net, meta, encoder

@@ -26,29 +26,36 @@ from ect_scale.ect import SeedGenerators, draw_labels, draw_latents, heun_sample
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler: ECT's consistency sampler with intermediate times `t_mid`, or EDM's Heun for teachers."""
+    """One sampler: ECT's consistency sampler with intermediate times `t_mid`, or EDM's deterministic sampler for
+    teachers (Heun, 2nd order, or its 1st-order Euler variant)."""
 
     kind: Literal["consistency", "heun"] = "consistency"
     t_mid: tuple[float, ...] = ()
     t_max: float = 80.0
-    num_steps: int = 32                   # Heun only (NFE = 2 num_steps - 1).
+    num_steps: int = 32                   # EDM sampler only (Heun: NFE = 2 num_steps - 1; Euler: num_steps).
     label: str = ""                       # Name override (e.g. to tell t_mid values apart in a search).
+    order: int = 2                        # EDM sampler only: 2 = Heun, 1 = Euler.
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
-        return f"{len(self.t_mid) + 1}step" if self.kind == "consistency" else f"heun{self.num_steps}"
+        if self.kind == "consistency":
+            return f"{len(self.t_mid) + 1}step"
+        return f"{'heun' if self.order == 2 else 'euler'}{self.num_steps}"
 
     @property
     def nfe(self) -> int:
-        return len(self.t_mid) + 1 if self.kind == "consistency" else 2 * self.num_steps - 1
+        if self.kind == "consistency":
+            return len(self.t_mid) + 1
+        return 2 * self.num_steps - 1 if self.order == 2 else self.num_steps
 
     def describe(self) -> dict:
         if self.kind == "consistency":
             return {"sampler": "consistency", "steps": len(self.t_mid) + 1, "t_max": self.t_max,
                     "t_mid": list(self.t_mid), "nfe": self.nfe}
-        return {"sampler": "heun", "num_steps": self.num_steps, "sigma_max": self.t_max, "nfe": self.nfe}
+        return {"sampler": "heun" if self.order == 2 else "euler", "num_steps": self.num_steps,
+                "sigma_max": self.t_max, "nfe": self.nfe}
 
 
 def consistency_spec(steps: int, t_mid: Sequence[float], t_max: float = 80.0, option: str = "ect.t_mid") -> SamplerSpec:
@@ -114,5 +121,5 @@ def sample_many(net, seeds: Sequence[int], specs: Sequence[SamplerSpec], device)
         out.update(_consistency_many(net, z, labels, rng, consistency))
     for s in specs:
         if s.kind == "heun":
-            out[s.name] = heun_sample(net, z, labels, num_steps=s.num_steps, sigma_max=s.t_max)
+            out[s.name] = heun_sample(net, z, labels, num_steps=s.num_steps, sigma_max=s.t_max, order=s.order)
     return {name: out[name] for name in names}
