@@ -1,0 +1,62 @@
+"""Every ECT recipe names a source for each of its values (issue 16; ect_scale/config/sources.py).
+
+The demo-digits configs are exempt: they are a CPU quickstart on a toy dataset, not a reproduction of a
+published result, so their values have no paper to cite (their inline comments explain them).
+"""
+
+import os
+
+import pytest
+
+from ect_scale.config import ConfigError, load_config
+from ect_scale.config.sources import file_unsourced_options, option_names, unsourced_options
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_missing_source_is_found(tmp_path):
+    path = _write(tmp_path, "r.yaml", "data: {url: x}\nect: {q: 2}\nsources: {data.url: here}\n")
+    assert unsourced_options(load_config(path)) == ["ect.q"]
+    assert file_unsourced_options(path) == ["ect.q"]
+
+
+def test_preset_expansion_is_the_default(tmp_path):
+    """Fields a preset sets need no source; a value that differs from the preset's does."""
+    path = _write(tmp_path, "r.yaml", "data: {url: x}\nnetwork: {preset: edm2-img512-m}\n"
+                                      "sources: {data.url: u, network.preset: p}\n")
+    assert unsourced_options(load_config(path)) == []
+    path = _write(tmp_path, "r2.yaml", "data: {url: x}\nnetwork: {preset: edm2-img512-m, dropout: 0.3}\n"
+                                       "sources: {data.url: u, network.preset: p}\n")
+    assert unsourced_options(load_config(path)) == ["network.dropout"]
+
+
+def test_sources_inherit_through_base_and_stale_ones_are_caught(tmp_path):
+    _write(tmp_path, "a.yaml", "data: {url: x}\nect: {q: 2}\nsources: {data.url: u, ect.q: 'paper A, q = 2'}\n")
+    child = _write(tmp_path, "b.yaml", "base: a.yaml\noptim: {lr: 0.01}\nsources: {optim.lr: 'paper B'}\n")
+    cfg = load_config(child)
+    assert cfg.sources["ect.q"] == "paper A, q = 2" and cfg.sources["optim.lr"] == "paper B"
+    assert unsourced_options(cfg) == [] and file_unsourced_options(child) == []
+    stale = _write(tmp_path, "c.yaml", "base: a.yaml\nect: {q: 3}\n")  # keeps a.yaml's citation of q = 2
+    assert unsourced_options(load_config(stale)) == []
+    assert file_unsourced_options(stale) == ["ect.q"]
+
+
+@pytest.mark.parametrize("sources, fragment", [
+    ("{ect.qq: x}", "did you mean 'ect.q'"),
+    ("{optim: x}", "names no option"),
+    ("{ect.q: ''}", "must be non-empty text"),
+])
+def test_bad_source_keys_are_errors(tmp_path, sources, fragment):
+    path = _write(tmp_path, "r.yaml", f"data: {{url: x}}\nsources: {sources}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert fragment in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_option_names_cover_the_tree():
+    names = set(option_names())
+    assert {"init", "ect.q", "optim.lr", "network.dropout", "ema.stds"} <= names and "sources" not in names
