@@ -4,12 +4,42 @@ The demo-digits configs are exempt: they are a CPU quickstart on a toy dataset, 
 published result, so their values have no paper to cite (their inline comments explain them).
 """
 
+import glob
 import os
 
 import pytest
 
-from ect_scale.config import ConfigError, load_config
+from ect_scale.config import ConfigError, dump_config, load_config
 from ect_scale.config.sources import file_unsourced_options, option_names, unsourced_options
+from tests.conftest import REPO
+
+RECIPES = sorted(glob.glob(os.path.join(REPO, "configs", "ect-*.yaml")))
+IDS = [os.path.basename(p) for p in RECIPES]
+
+
+def test_recipes_exist():
+    assert len(RECIPES) >= 14
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=IDS)
+def test_every_non_default_value_has_a_source(path):
+    """Resolved through the base chain and compared with the defaults after preset expansion."""
+    missing = unsourced_options(load_config(path))
+    assert not missing, f"{os.path.basename(path)}: no source for {missing}; add them to its `sources:`"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=IDS)
+def test_every_value_a_file_sets_is_sourced_in_that_file(path):
+    """A file that changes an inherited value must restate the new value's source (no stale base citation)."""
+    missing = file_unsourced_options(path)
+    assert not missing, f"{os.path.basename(path)} sets {missing} without a source of its own"
+
+
+@pytest.mark.parametrize("path", glob.glob(os.path.join(REPO, "configs", "*.yaml")), ids=os.path.basename)
+def test_no_unverified_markers(path):
+    text = open(path).read().lower()
+    for marker in ("[recalled]", "not verified", "from memory"):
+        assert marker not in text, f"{os.path.basename(path)} still says {marker!r}"
 
 
 def _write(tmp_path, name, text):
@@ -55,6 +85,22 @@ def test_bad_source_keys_are_errors(tmp_path, sources, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert fragment in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_overrides_replace_the_source(tmp_path):
+    path = os.path.join(REPO, "configs", "ect-img512-m.yaml")
+    cfg = load_config(path, ["--optim.lr=3e-4", "--train.batch_gpu=16"])
+    assert cfg.optim.lr == 3e-4
+    assert cfg.sources["optim.lr"].startswith("command-line override --optim.lr (recipe source: ECT")
+    assert cfg.sources["train.batch_gpu"].startswith("command-line override")
+
+
+def test_sources_are_kept_in_the_resolved_config(tmp_path):
+    cfg = load_config(os.path.join(REPO, "configs", "ect-img512-m.yaml"))
+    assert cfg.sources["network.dropout"].startswith("sCM Table 4")
+    out = tmp_path / "resolved.yaml"
+    dump_config(cfg, str(out))
+    assert load_config(str(out)) == cfg
 
 
 def test_option_names_cover_the_tree():
