@@ -106,3 +106,14 @@ def test_sources_are_kept_in_the_resolved_config(tmp_path):
 def test_option_names_cover_the_tree():
     names = set(option_names())
     assert {"init", "ect.q", "optim.lr", "network.dropout", "ema.stds"} <= names and "sources" not in names
+
+
+def test_reproduction_recipes_state_their_published_point():
+    ecm = load_config(os.path.join(REPO, "configs", "ect-img512-m-ecm.yaml"))
+    assert ecm.network.preset == "edm2-img512-m" and ecm.train.total_nimg == 12_800_000
+    assert "6.88" in ecm.sources["train.total_nimg"] and "6.88" in ecm.description
+    assert ecm.ect.stage_nimg * 4 == ecm.train.total_nimg
+    assert ecm.sources["train.batch_size"].startswith("INFERRED")  # ECT does not state it; the file says so.
+    xl = load_config(os.path.join(REPO, "configs", "ect-img64-xl-b1024.yaml"))
+    assert (xl.train.batch_size, xl.train.total_nimg, xl.ect.stage_nimg) == (1024, 102_400_000, 25_600_000)
+    assert xl.optim.decay_nimg == 2000 * 1024 and xl.optim.lr == 7e-4 and xl.network.dropout == 0.5
