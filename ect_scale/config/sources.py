@@ -31,7 +31,7 @@ import yaml
 from ect_scale.config.base import ConfigError, from_dict, to_dict
 
 __all__ = ["option_names", "check_source_keys", "flatten", "baseline_values", "unsourced_options",
-           "file_unsourced_options", "sourced_rows", "EXEMPT"]
+           "file_unsourced_options", "sourced_rows", "note_overrides", "EXEMPT"]
 
 # Bookkeeping options that do not change what is trained; they need no source.
 EXEMPT = ("description", "run_dir")
@@ -90,13 +90,18 @@ def baseline_values(preset: str | None) -> dict:
     return flatten(d)
 
 
-def unsourced_options(cfg) -> list[str]:
-    """Options whose resolved value differs from `baseline_values(cfg.network.preset)` and that have no source."""
-    base = baseline_values(cfg.network.preset)
+def _values(cfg) -> tuple[dict, dict]:
+    """(resolved values, baseline values) of `cfg`, both flattened, without bookkeeping options or `sources`."""
     d = to_dict(cfg)
     d.pop("sources", None)
-    return sorted(k for k, v in flatten(d).items()
-                  if k not in EXEMPT and v != base.get(k) and k not in cfg.sources)
+    base = baseline_values(cfg.network.preset)
+    return {k: v for k, v in flatten(d).items() if k not in EXEMPT}, base
+
+
+def unsourced_options(cfg) -> list[str]:
+    """Options whose resolved value differs from `baseline_values(cfg.network.preset)` and that have no source."""
+    values, base = _values(cfg)
+    return sorted(k for k, v in values.items() if v != base.get(k) and k not in cfg.sources)
 
 
 def file_unsourced_options(path: str) -> list[str]:
@@ -110,15 +115,9 @@ def file_unsourced_options(path: str) -> list[str]:
 
 def sourced_rows(cfg) -> list[tuple[str, Any, Any, str]]:
     """(option, default incl. preset, value, source) for every option that has a source or differs from default."""
-    base = baseline_values(cfg.network.preset)
-    d = to_dict(cfg)
-    d.pop("sources", None)
-    rows = []
-    for k, v in flatten(d).items():
-        if k in EXEMPT or (v == base.get(k) and k not in cfg.sources):
-            continue
-        rows.append((k, base.get(k), v, cfg.sources.get(k, "MISSING")))
-    return rows
+    values, base = _values(cfg)
+    return [(k, base.get(k), v, cfg.sources.get(k, "MISSING")) for k, v in values.items()
+            if v != base.get(k) or k in cfg.sources]
 
 
 def note_overrides(raw: dict, overrides: dict[str, str]) -> dict:
