@@ -4,6 +4,7 @@
 
 YAML files may name a `base:` file (path relative to the YAML) whose values they extend. Precedence:
 dataclass defaults < base YAML < YAML < command-line overrides. `dump_config` writes the resolved config.
+A top-level `sources:` mapping names where each recipe value comes from (`ect_scale/config/sources.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ect_scale.config.eval import EvalConfig
 from ect_scale.config.logging import LoggingConfig
 from ect_scale.config.network import NetworkConfig
 from ect_scale.config.optim import OptimConfig
+from ect_scale.config.sources import check_source_keys, note_overrides
 from ect_scale.config.train import TrainLoopConfig
 
 __all__ = [
@@ -49,8 +51,12 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Provenance: dotted option name -> where its value comes from (paper, table, number). Inherited through
+    # `base:`, stored with the resolved config, ignored by training; see ect_scale/config/sources.py.
+    sources: dict[str, str] = field(default_factory=dict)
 
     def validate(self, path: str = "") -> None:
+        check_source_keys(self.sources)
         check(abs(self.network.sigma_data - self.ect.sigma_data) < 1e-12, "ect.sigma_data",
               f"must equal network.sigma_data ({self.ect.sigma_data} != {self.network.sigma_data})",
               "set both to the same value (EDM2: 0.5)")
@@ -108,7 +114,7 @@ def load_config(path: Optional[str], overrides: Optional[list[str] | dict[str, s
         overrides, rest = parse_override_args(overrides, allowed_plain=("run_dir", "init", "description"))
         if rest:
             raise ConfigError(f"unrecognised arguments {rest}. Fix: write overrides as --section.option=value")
-    return config_from_dict(raw, overrides or {})
+    return config_from_dict(note_overrides(raw, overrides or {}), overrides or {})
 
 
 def dump_config(cfg: Config, path: Optional[str] = None) -> str:

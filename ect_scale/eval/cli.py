@@ -114,7 +114,7 @@ def specs_from_args(args: argparse.Namespace) -> list[SamplerSpec]:
     steps = args.steps or [1, 2]
     if max(steps) > 1 and not args.t_mid:
         raise ConfigError(f"--t-mid: a {max(steps)}-step sampler needs intermediate times. Fix: pass --t-mid (ECT "
-                          "ImageNet-64: 1.526; configs/ect-img512-*.yaml: 0.98) or --config RUN/config.yaml")
+                          "ImageNet-64: 1.526; configs/ect-img512-*.yaml: 0.982) or --config RUN/config.yaml")
     return [consistency_spec(n, args.t_mid or [], args.t_max, option="--t-mid") for n in sorted(set(steps))]
 
 
