@@ -95,6 +95,8 @@ class Trainer:
         self.peak = peak_flops(self.device)
         resumed = self.checkpointer.resume(self) if self.checkpointer is not None else False
         self.monitor = Monitor(self.run_dir, cfg, cfg.train.total_nimg, self.state.nimg)
+        if self.checkpointer is not None:
+            self.checkpointer.say = self.monitor.print
         self._announce(resumed)
         self._data_iter: Iterator = iter(self.stream)
 
@@ -182,20 +184,28 @@ class Trainer:
                     self.evaluate()
                 stop = self.stop_all or (slice_end is not None and slice_end <= after < cfg.train.total_nimg)
                 if self.checkpointer is not None and (stop or self.checkpointer.due(before, after)):
-                    self.checkpointer.save(self)
+                    self.save_checkpoint()
                 if stop:
                     self.monitor.print(f"Stopping at {after:,} images (preemption signal or slice end); "
                                        "re-run the same command to resume.")
                     break
             else:
                 if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
-                    self.checkpointer.save(self)
+                    self.save_checkpoint()
                 if cfg.ema.export_nimg == 0 or self.state.nimg % cfg.ema.export_nimg:
                     self.export_emas()
         finally:
             self.monitor.close()
             self.stream.close()
         return self.state
+
+    def save_checkpoint(self) -> bool:
+        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`;
+        after the commit, so an export cannot spoil it)."""
+        ok = self.checkpointer.save(self)
+        if self.cfg.ema.export_nimg == 0:
+            self.export_emas()
+        return ok
 
     def train_step(self) -> None:
         """One optimizer step over `batch_size` images (all ranks, all accumulation rounds).
