@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from ect_scale.checkpoint.layout import CheckpointError, rank_file
 from ect_scale.checkpoint.parts import Checkpointable
+from ect_scale.filemode import make_shareable
 from ect_scale.master import MasterWeights, _key
 
 FORMAT = "ect_scale-rank-state/1"
@@ -95,6 +96,7 @@ def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int
         raise CheckpointError(f"the data stream's state_dict() is not JSON-serialisable ({e}). Fix: return plain "
                               "dicts/lists/numbers/strings from the stream's state_dict()") from None
     save_file(tensors, path, metadata=meta)
+    make_shareable(path)  # safetensors creates it 0600.
 
 
 class RankFile:
