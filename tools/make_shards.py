@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turn an image source into WebDataset tar shards plus manifest.json on any fsspec URL (local, s3://, gs://, ...).
 
-    # The quickstart's data: scikit-learn's 8x8 digits upscaled to 32x32 RGB pixels (no download).
-    python tools/make_shards.py --source sklearn-digits --out data/digits32 --resolution 32 --pixels --num-shards 16
+    # scikit-learn's 8x8 digits upscaled to RGB pixels (no download; launchers/quickstart.sh has the quickstart's
+    # own command, with the resolution and shard count its configs expect).
+    python tools/make_shards.py --source sklearn-digits --out data/digits --resolution 16 --pixels --num-shards 8
 
     # ImageNet-512 as SD-VAE latents (posterior mean and std, float16), 8 writers, straight to S3.
     torchrun --nproc_per_node 8 tools/make_shards.py --source /data/ILSVRC/Data/CLS-LOC/train \\
@@ -23,8 +24,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.data.encoders import SD_VAE_ID  # noqa: E402
-from ect_scale.data.storage import StorageError, StorageOptions  # noqa: E402
+from ect_scale.data.storage import StorageOptions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +72,7 @@ def default_device() -> str:
     return "cpu"
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = parse_args(argv)
     from ect_scale.data.convert import PixelConverter, VaeConverter
     from ect_scale.data.images import open_source
@@ -81,19 +83,18 @@ def main(argv=None) -> int:
                          batch=args.batch, io_threads=args.io_threads, verify=args.verify,
                          wait_timeout_s=args.wait_timeout_s, progress_s=args.progress_s)
     storage = StorageOptions(endpoint_url=args.endpoint_url)
-    try:
-        source = open_source(args.source, args.labels)
-        converter = PixelConverter() if args.pixels else VaeConverter(args.vae, args.device or default_device(),
-                                                                      args.dtype)
-        if args.finalize_only:
-            shards = plan_shards(len(source), opts)
-            finalize(args.out, len(shards), plan_dict(source, converter, opts, shards), storage, args.wait_timeout_s)
-        else:
-            write_shards(source, args.out, converter, opts, storage)
-    except (StorageError, ValueError, TimeoutError, RuntimeError, OSError) as e:
-        print(f"make_shards: error: {e}", file=sys.stderr)
-        return 1
+    source = open_source(args.source, args.labels)
+    converter = PixelConverter() if args.pixels else VaeConverter(args.vae, args.device or default_device(), args.dtype)
+    if args.finalize_only:
+        shards = plan_shards(len(source), opts)
+        finalize(args.out, len(shards), plan_dict(source, converter, opts, shards), storage, args.wait_timeout_s)
+    else:
+        write_shards(source, args.out, converter, opts, storage)
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="make_shards")
 
 
 if __name__ == "__main__":
