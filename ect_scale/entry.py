@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -84,6 +85,8 @@ def _fail(exc: BaseException) -> int:
             traceback.print_exception(exc, file=sys.stderr)
         where = "" if config else f"\n  (full log: {path})" if path else "\n  (no log file could be written)"
         print(f"{_prefix(rank)}: {line}{where}", file=sys.stderr, flush=True)
+    if first is not None and first[0] == rank:
+        peers.wait_for_acks(dist.get_world_size())  # Keep the store (if this rank hosts it) until all have read it.
     return _teardown(2 if err is not None else 1)
 
 
@@ -124,7 +127,7 @@ def _rank() -> int:
 def _write_log(rank: int, text: str) -> Optional[str]:
     """Append `text` with a header to this rank's log (the temporary folder if the log dir is not writable)."""
     header = (f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {_program} rank {rank} pid {os.getpid()} on "
-              f"{os.uname().nodename}\n$ {' '.join(sys.argv)}\n")
+              f"{platform.node()}\n$ {' '.join(sys.argv)}\n")
     for path in dict.fromkeys([log_path(rank), _fallback(log_path(rank))]):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -5,6 +5,8 @@ The failing rank records `(rank, one-line message)` under a key of the process g
 Every rank of a launcher or tool watches that key from a daemon thread and, once another rank has failed, notes it
 in its own log and exits with code 2 (`os._exit`: it may be blocked inside a collective, where Python cannot run).
 A watcher also stops its rank when the store is unreachable for several seconds (the rank hosting it died).
+Every rank that learns of the failure acknowledges it, and the failing rank waits for those acknowledgements (a
+few seconds at most, `wait_for_acks`) before it leaves: when it hosts the store, leaving takes the store along.
 
 Only entry points opt in (`enable()`, from `ect_scale.entry`): library use and tests never get a watcher. The
 watch starts when the process group is up (`dist.init` / `dist.init_from_env` call `start()`) and must be
@@ -22,6 +24,7 @@ import time
 from typing import Callable, Optional
 
 KEY = "ect_scale/first_failure"
+ACKS = "ect_scale/failure_acks"
 POLL_S = 1.0
 STORE_MISSES = 5        # Consecutive failed polls (about 5 s) before the store counts as gone.
 NON_ZERO_GRACE_S = 2.0  # A failing rank other than 0 waits this long for rank 0 to report the same failure.
@@ -67,10 +70,23 @@ def record_failure(rank: int, message: str) -> Optional[tuple[int, str]]:
             deadline = time.monotonic() + NON_ZERO_GRACE_S
             while time.monotonic() < deadline and not store.check([KEY]):
                 time.sleep(0.1)
-        first = store.compare_set(KEY, "", json.dumps([rank, message]))
-        return _decode(first)
+        first = _decode(store.compare_set(KEY, "", json.dumps([rank, message])))
+        if first[0] != rank:
+            store.add(ACKS, 1)
+        return first
     except Exception:  # noqa: BLE001 - the store went away: decide alone
         return None
+
+
+def wait_for_acks(world_size: int, timeout_s: float = 5.0) -> None:
+    """The first failing rank: wait until every other rank has seen the failure (or `timeout_s` passed)."""
+    store = _connect()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while store is not None and store.add(ACKS, 0) < world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except Exception:  # noqa: BLE001 - the store went away: nobody left to wait for
+        pass
 
 
 def _connect():
@@ -122,6 +138,11 @@ class _Watch:
     def _abort(self, first: Optional[tuple[int, str]]) -> None:
         if self._stop.is_set():
             return  # Stopped meanwhile: this rank is shutting down or reporting its own failure.
+        try:
+            if first is not None:
+                self.store.add(ACKS, 1)
+        except Exception:  # noqa: BLE001 - the store went away meanwhile
+            pass
         try:
             if _on_peer_failure is not None:
                 _on_peer_failure(first)
