@@ -62,7 +62,7 @@ def read_network_file(path: str) -> tuple[dict[str, torch.Tensor], NetworkConfig
         tensors = st_load(blob)
         header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
     except Exception as e:  # safetensors raises various errors on corrupt input
-        raise NetworkFileError(f"{path}: not a readable safetensors file ({e}). Fix: re-export or re-import it") from None
+        raise NetworkFileError(f"{path}: not a readable safetensors file ({e})", "re-export or re-import it") from None
     config, meta = _parse_header(header, path)
     return tensors, config, meta
 

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -89,6 +89,8 @@ class Trainer:
         self.batch_size = cfg.train.batch_size
         self.stop_requested = False  # Set by a signal on this rank ...
         self.stop_all = False        # ... and agreed on by all ranks at the step boundary.
+        self.last_scalars: dict[str, float] = {}     # The last status interval's statistics (all ranks).
+        self._exported_at: Optional[int] = None     # Images seen at the last EMA export.
         self._install_signal_handlers()
         self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
         self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
@@ -180,7 +182,7 @@ class Trainer:
             else:
                 if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
                     self.save_checkpoint()
-                if getattr(self, "_exported_at", None) != self.state.nimg:  # Not yet (periodic or checkpoint).
+                if self._exported_at != self.state.nimg:  # Not yet exported here (periodically or with a checkpoint).
                     self.export_emas()
             self.monitor.print(*run_summary(self, time.time() - session_start))
         finally:
@@ -359,7 +361,7 @@ def data_description(data) -> str:
 def run_summary(trainer: Trainer, session_sec: float) -> list[str]:
     """The end-of-run lines (rank 0 prints them): images, time, speed, skips, and where the results are."""
     cfg, run_dir, state = trainer.cfg, trainer.run_dir, trainer.state
-    shards = getattr(trainer, "last_scalars", {}).get("Data/corrupt_shards_skipped")
+    shards = trainer.last_scalars.get("Data/corrupt_shards_skipped")
     places = [("EMAs", os.path.join(run_dir, "ema") + f"  ({', '.join(trainer.ema.profiles)})")]
     if cfg.logging.sample_grid > 0:
         places.append(("samples", os.path.join(run_dir, "samples")))

@@ -36,7 +36,8 @@ def out_path(out: str, nimg: int, what: str, several: bool) -> str:
     if is_dir:
         return f"{out.rstrip('/')}/network-{nimg // 1000:07d}-{what}.safetensors"
     if not out.endswith(".safetensors"):
-        raise UserError(f"--out {out}: should end in .safetensors", "name a .safetensors file or a folder ending in '/'")
+        raise UserError(f"--out {out}: should end in .safetensors",
+                        "name a .safetensors file, or a folder ending in '/'")
     return out
 
 

@@ -1,5 +1,5 @@
-"""Restoring everything but DeepSpeed's own state after DeepSpeed loaded model and optimizer (every rank, no collectives except
-the low-precision refresh).
+"""Restoring everything but DeepSpeed's own state, after DeepSpeed loaded model and optimizer (every rank, no
+collectives except the low-precision refresh).
 
 Same layout (world size, ZeRO stage, precision): EMA shards, data position and RNG states are this rank's own,
 bit for bit. Another layout: EMAs are consolidated from all ranks' files and re-sliced into this rank's

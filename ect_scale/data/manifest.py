@@ -74,8 +74,8 @@ class Manifest:
         raw_c, raw_h = self.raw_shape[0], self.raw_shape[-1]
         channels = raw_c // 2 if self.encoder.get("kind") == "sd-vae" else raw_c  # Latent mean and std.
         if (channels, raw_h) != (network.img_channels, network.img_resolution) or self.label_dim != network.label_dim:
-            raise ManifestError(f"data {self.url}: samples are {channels}x{raw_h}x{raw_h} with {self.label_dim} classes, "
-                                f"but the network expects {network.img_channels}x{network.img_resolution}x"
+            raise ManifestError(f"data {self.url}: samples are {channels}x{raw_h}x{raw_h} with {self.label_dim} "
+                                f"classes, but the network expects {network.img_channels}x{network.img_resolution}x"
                                 f"{network.img_resolution} with {network.label_dim} classes",
                                 "pick the network preset that matches the shards (network.preset) or re-make the "
                                 "shards at the network's resolution")
