@@ -35,7 +35,8 @@ def test_a_ready_run_has_no_problems(tmp_path, shards):
 def test_the_shipped_512_recipe_lists_its_missing_init_and_placeholder_bucket():
     problems = check_run(load_config(os.path.join(REPO, "configs", "ect-img512-s.yaml")))
     assert [p.split(":", 1)[0] for p in problems] == ["init", "data.url"]
-    assert "edm2-img512-s-2147483-0.130.safetensors does not exist" in problems[0] and "tools/import_edm2.py" in problems[0]
+    assert "edm2-img512-s-2147483-0.130.safetensors does not exist" in problems[0]
+    assert "tools/import_edm2.py" in problems[0]
     assert "s3://YOUR-BUCKET/imagenet512-sdvae/manifest.json is a placeholder" in problems[1]
     assert all(". Fix: " in p for p in problems)
 
@@ -49,7 +50,8 @@ def test_every_problem_is_reported_at_once(tmp_path, shards):
                f"--run_dir={tmp_path}/blocker/run", "--checkpoint.dir=s3://YOUR-BUCKET/ckpt")
     problems = check_run(cfg)
     assert len(problems) == 4 and all(". Fix: " in p for p in problems)
-    assert problems[0].startswith(f"init: {other} has a different architecture") and "img_channels: file=4 run=3" in problems[0]
+    assert problems[0].startswith(f"init: {other} has a different architecture")
+    assert "img_channels: file=4 run=3" in problems[0]
     assert problems[1].startswith(f"data {shards}: samples are 3x8x8 with 10 classes, but the network expects 3x16x16")
     assert problems[2].startswith(f"run_dir: cannot create {tmp_path}/blocker/run: {tmp_path}/blocker is a file")
     assert problems[3].startswith("checkpoint.dir: s3://YOUR-BUCKET/ckpt is a placeholder")
@@ -57,7 +59,8 @@ def test_every_problem_is_reported_at_once(tmp_path, shards):
 
 def test_data_problems_name_the_option(tmp_path, shards):
     missing = check_run(_cfg(tmp_path, f"--data.url={tmp_path}/nowhere/manifest.json"))
-    assert len(missing) == 1 and missing[0].startswith(f"data.url: cannot read {tmp_path}/nowhere/manifest.json: not found")
+    assert len(missing) == 1
+    assert missing[0].startswith(f"data.url: cannot read {tmp_path}/nowhere/manifest.json: not found")
     layout = check_run(_cfg(tmp_path, f"--data.url={shards}", "--data.num_workers=4"), world_size=2)
     assert len(layout) == 1 and layout[0].startswith("data.num_workers: 2 ranks x 4 workers = 8 readers but")
 
