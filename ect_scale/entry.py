@@ -103,13 +103,21 @@ class _RankZeroInfo(logging.Filter):
         return record.levelno >= logging.WARNING or _rank() == 0
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a message comes (callers and test harnesses may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def _show_package_logs() -> None:
     """The package's log messages on stdout: INFO on rank 0 (e.g. `data: exact resume at ...`), warnings on every
     rank. DataLoader workers keep Python's default (warnings on stderr)."""
     logger = logging.getLogger("ect_scale")
-    if any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+    if any(isinstance(h, _Stdout) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Stdout()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_RankZeroInfo())
     logger.addHandler(handler)

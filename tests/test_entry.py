@@ -61,3 +61,17 @@ def test_a_bug_keeps_its_traceback(tmp_path, capsys):
 
 def test_success_returns_the_body_code(capsys):
     assert entry.run(lambda: 0, program="test") == 0 and capsys.readouterr().err == ""
+
+
+def test_the_package_logs_show_on_stdout_even_when_stdout_is_replaced(capsys):
+    import contextlib
+    import io
+    import logging
+
+    logger = logging.getLogger("ect_scale")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    with contextlib.redirect_stdout(io.StringIO()):  # The stdout of the moment the handler is installed ...
+        assert entry.run(lambda: 0, program="test") == 0
+    logging.getLogger("ect_scale.data").info("data: exact resume at epoch 0, batch 4/56")  # ... is gone now.
+    assert capsys.readouterr().out == "data: exact resume at epoch 0, batch 4/56\n"
