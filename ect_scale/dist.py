@@ -3,6 +3,10 @@
 Launchers (deepspeed, torchrun, SLURM srun) set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; the
 deepspeed launcher may instead pass `--local_rank`, which `launchers/train.py` tolerates. `init()` picks NCCL on
 GPUs and gloo on CPUs. Rank-0-only side effects are decided here (`is_main`), never at call sites.
+
+A single process without MASTER_PORT lets the rendezvous store bind any free port (MASTER_PORT=0), so several
+single-process runs can share a machine; multi-process launchers need a distinct `--master_port` per concurrent run.
+Entry points that opted in (`ect_scale.entry`) watch for failed peers once the group is up (`ect_scale.peers`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as tdist
+
+from ect_scale import peers
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -64,9 +70,10 @@ def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
     dev = device()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if env_world_size() == 1 and "MASTER_ADDR" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
-                          RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if env_world_size() == 1:  # Port 0: the store binds a free port (no clash between runs on one machine).
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "0")
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     minutes = timeout_min if timeout_min is not None else float(os.environ.get("ECT_DIST_TIMEOUT_MIN", "60"))
@@ -76,6 +83,7 @@ def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
         _skip_shm_inference_op()
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=minutes),
                                rank=env_rank(), world_size=env_world_size())
+    peers.start(get_rank(), get_world_size())
 
 
 def _skip_shm_inference_op() -> None:
@@ -102,11 +110,13 @@ def init_from_env(device: str = "auto", timeout_min: float = 60.0) -> torch.devi
         if dev.type == "cuda":
             kwargs["device_id"] = dev
         tdist.init_process_group(**kwargs)
+        peers.start(get_rank(), get_world_size())
     return dev
 
 
 def shutdown(wait: bool = True) -> None:
     """Leave the process group (after a barrier unless `wait=False`, e.g. when exiting on an error)."""
+    peers.stop()  # Before the barrier: ranks that leave normally must not look like failed peers.
     if is_initialized():
         if wait:
             barrier()

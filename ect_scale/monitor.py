@@ -2,8 +2,8 @@
 
 Per-step values are accumulated on the device without host syncs and reduced across ranks only at status time.
 Rank 0 writes TensorBoard events to <run_dir>/tensorboard and appends the same scalars to <run_dir>/stats.jsonl;
-it shows a rich progress bar and a config table on an interactive terminal, and fixed-width status lines
-otherwise (SLURM logs). Other ranks stay quiet.
+it shows a rich progress bar and a config table on an interactive terminal, and fixed-width status lines with
+progress, total and ETA otherwise (SLURM logs), and a summary at the end. Other ranks stay quiet.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class Monitor:
         self.active = dist.is_main()
         self.cfg = cfg
         self.total_nimg = total_nimg
+        self.ect = cfg.ect.objective != "diffusion"  # The diffusion teacher has no ECT stage or dt/t.
+        self._rate_origin: Optional[tuple[float, int]] = None  # (time, nimg) of the first status: ETA rate.
         self.writer = None
         self.jsonl = None
         self.progress = None
@@ -120,7 +122,9 @@ class Monitor:
     def _start_progress(self, start_nimg: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]ECT"), BarColumn(), TextColumn("{task.completed:,.1f}/{task.total:,.1f} kimg"),
+        label = "ECT" if self.ect else "EDM2 diffusion"
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(),
+                                 TextColumn("{task.completed:,.1f}/{task.total:,.1f} kimg"),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  refresh_per_second=2)
         self.task = self.progress.add_task("train", total=self.total_nimg / 1000, completed=start_nimg / 1000,
@@ -167,9 +171,19 @@ class Monitor:
         if self.jsonl is not None:
             self.jsonl.write(json.dumps({"kimg": kimg, "timestamp": time.time(), **scalars}) + "\n")
             self.jsonl.flush()
-        self.tick(nimg, _short_status(scalars))
+        self.tick(nimg, _short_status(scalars, self.ect))
         if self.progress is None:
-            self.print(status_line(kimg, scalars))
+            self.print(status_line(kimg, scalars, self.total_nimg / 1000, self._eta(nimg, scalars), self.ect))
+
+    def _eta(self, nimg: int, scalars: dict[str, float]) -> Optional[float]:
+        """Seconds to `total_nimg` at the average rate since the first status line of this process (it includes
+        checkpoints and exports); the interval's rate for the first line."""
+        now = time.time()
+        if self._rate_origin is None:
+            self._rate_origin = (now, nimg)
+        t0, n0 = self._rate_origin
+        rate = (nimg - n0) / (now - t0) if nimg > n0 and now > t0 else scalars.get("Throughput/img_per_sec", 0.0)
+        return max(self.total_nimg - nimg, 0) / rate if rate and rate > 0 else None
 
     def add_images(self, tag: str, images_uint8: torch.Tensor, nimg: int) -> None:
         if self.active and self.writer is not None:
@@ -187,19 +201,50 @@ class Monitor:
             self.jsonl.close()
 
 
-def _short_status(s: dict) -> str:
-    return (f"loss {s.get('Loss/mean', float('nan')):.4f}  stage {int(s.get('ECT/stage', 0))}  "
-            f"{s.get('Throughput/img_per_sec', 0):.1f} img/s")
+def _short_status(s: dict, ect: bool = True) -> str:
+    stage = f"stage {int(s.get('ECT/stage', 0))}  " if ect else ""
+    shards = int(s.get("Data/corrupt_shards_skipped", 0))
+    return (f"loss {s.get('Loss/mean', float('nan')):.4f}  {stage}{s.get('Throughput/img_per_sec', 0):.1f} img/s"
+            + (f"  {shards} shards skipped" if shards else ""))
 
 
-def status_line(kimg: float, s: dict) -> str:
-    """EDM2-style fixed-width status line for non-interactive logs."""
+def status_line(kimg: float, s: dict, total_kimg: Optional[float] = None, eta_sec: Optional[float] = None,
+                ect: bool = True) -> str:
+    """EDM2-style fixed-width status line for non-interactive logs: progress of the total, then the interval's
+    statistics, then the ETA. `ect=False` (the diffusion teacher) leaves out the ECT stage and dt/t."""
     mfu, mem = s.get("Throughput/mfu"), s.get("Resources/peak_gpu_mem_gb")
-    fields = [
-        f"kimg {kimg:<9.1f}", f"loss {s.get('Loss/mean', float('nan')):<10.5g}", f"stage {int(s.get('ECT/stage', 0)):<2d}",
-        f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f}", f"lr {s.get('Optim/lr', 0):<9.3e}",
-        f"gnorm {s.get('Grad/norm', float('nan')):<9.3g}", f"img/s {s.get('Throughput/img_per_sec', 0):<8.1f}",
-        f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<6s}", f"data {100 * s.get('Timing/data_wait_frac', 0):>4.1f}%",
-        f"mem {'-' if mem is None else f'{mem:.1f}G':<7s}", f"skip {int(s.get('Progress/skipped_steps', 0))}",
+    progress = f"{kimg:.1f}" if total_kimg is None else f"{kimg:.1f}/{total_kimg:.1f}"
+    fields = [f"kimg {progress:<17}", f"loss {s.get('Loss/mean', float('nan')):<10.5g}"]
+    if ect:
+        fields += [f"stage {int(s.get('ECT/stage', 0)):<2d}", f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f}"]
+    fields += [
+        f"lr {s.get('Optim/lr', 0):<9.3e}", f"gnorm {s.get('Grad/norm', float('nan')):<9.3g}",
+        f"img/s {s.get('Throughput/img_per_sec', 0):<8.1f}", f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<6s}",
+        f"data {100 * s.get('Timing/data_wait_frac', 0):>4.1f}%", f"mem {'-' if mem is None else f'{mem:.1f}G':<7s}",
+        f"skip {int(s.get('Progress/skipped_steps', 0)):<3d}",
     ]
+    if "Data/corrupt_shards_skipped" in s:
+        fields.append(f"bad-shards {int(s['Data/corrupt_shards_skipped']):<3d}")
+    fields.append(f"eta {'-' if eta_sec is None else duration(eta_sec)}")
     return "  ".join(fields)
+
+
+def duration(sec: float) -> str:
+    """h:mm:ss (days as d-h:mm:ss)."""
+    sec = int(round(max(sec, 0.0)))
+    days, rest = divmod(sec, 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def summary_lines(*, nimg: int, total_nimg: int, session_nimg: int, session_sec: float, elapsed_sec: float,
+                  skipped_steps: int, shards_skipped: Optional[int], places: list[tuple[str, str]]) -> list[str]:
+    """The end-of-run summary: what was done, how fast, what went wrong, and where the results are."""
+    head = "Finished" if nimg >= total_nimg else f"Stopped at {nimg:,} of {total_nimg:,} images"
+    done = f"{nimg:,} images" if nimg >= total_nimg else "re-run the same command to continue"
+    rate = session_nimg / session_sec if session_sec > 0 else 0.0
+    shards = "" if shards_skipped is None else f", {shards_skipped} shards skipped"
+    lines = [f"{head}: {done}. This session: {session_nimg:,} images in {duration(session_sec)} ({rate:.1f} img/s); "
+             f"training time {duration(elapsed_sec)} in total; {skipped_steps} skipped steps{shards}."]
+    width = max((len(k) for k, _ in places), default=0)
+    return lines + [f"  {k:<{width}}  {v}" for k, v in places]

@@ -19,12 +19,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ect_scale.config import NetworkConfig, from_dict, to_dict
+from ect_scale.errors import UserError
 from ect_scale.networks.precond import Precond
 
 FORMAT = "network/1"
 
 
-class NetworkFileError(ValueError):
+class NetworkFileError(UserError, ValueError):
     """A network file is missing, unreadable, or not an ect_scale network file."""
 
 
@@ -46,25 +47,48 @@ def save_network_file(path: str, state_dict: dict[str, torch.Tensor], config: Ne
     fs.mv(tmp, fspath)
 
 
+_NOT_FOUND_FIX = "check the path, or create it with tools/import_edm2.py (from an EDM2 pickle) or tools/export.py"
+_HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header.
+
+
 def read_network_file(path: str) -> tuple[dict[str, torch.Tensor], NetworkConfig, dict]:
     """(state_dict, NetworkConfig, meta) of a network file."""
     try:
         with fsspec.open(path, "rb") as f:
             blob = f.read()
     except FileNotFoundError:
-        raise NetworkFileError(f"network file not found: {path}. Fix: check the path, or create it with "
-                               "tools/import_edm2.py (from an EDM2 pickle) or tools/export.py (from a checkpoint)") from None
+        raise NetworkFileError(f"network file not found: {path}", _NOT_FOUND_FIX) from None
     try:
         tensors = st_load(blob)
-        header_len = int.from_bytes(blob[:8], "little")
-        metadata = json.loads(blob[8:8 + header_len]).get("__metadata__", {}) or {}
+        header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
     except Exception as e:  # safetensors raises various errors on corrupt input
-        raise NetworkFileError(f"{path}: not a readable safetensors file ({e}). Fix: re-export or re-import it") from None
+        raise NetworkFileError(f"{path}: not a readable safetensors file ({e})", "re-export or re-import it") from None
+    config, meta = _parse_header(header, path)
+    return tensors, config, meta
+
+
+def read_network_header(path: str) -> tuple[NetworkConfig, dict]:
+    """(NetworkConfig, meta) of a network file, reading only its header (cheap for multi-GB files and URLs)."""
+    try:
+        with fsspec.open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= _HEADER_LIMIT:
+                raise ValueError(f"header size {size}")
+            header = json.loads(f.read(size))
+    except FileNotFoundError:
+        raise NetworkFileError(f"network file not found: {path}", _NOT_FOUND_FIX) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise NetworkFileError(f"{path}: not a readable safetensors file ({e})", "re-export or re-import it") from None
+    return _parse_header(header, path)
+
+
+def _parse_header(header: dict, path: str) -> tuple[NetworkConfig, dict]:
+    metadata = header.get("__metadata__", {}) or {}
     if metadata.get("ect_scale.format") != FORMAT:
         raise NetworkFileError(f"{path}: not an ect_scale network file (format {metadata.get('ect_scale.format')!r}, "
                                f"expected {FORMAT!r}). Fix: convert EDM2 pickles with tools/import_edm2.py")
     config = from_dict(NetworkConfig, json.loads(metadata["ect_scale.network"]), "network")
-    return tensors, config, json.loads(metadata.get("ect_scale.meta", "{}"))
+    return config, json.loads(metadata.get("ect_scale.meta", "{}"))
 
 
 def load_network_file(path: str, device=None, overrides: Optional[dict[str, Any]] = None) -> tuple[Precond, dict]:

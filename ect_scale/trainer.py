@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -22,7 +22,7 @@ from ect_scale.config import Config, dump_config, to_dict
 from ect_scale.ect import build_objective, learning_rate, nominal_ratio, stage_at, step_generator
 from ect_scale.ema import EMATracker
 from ect_scale.engine import Engine, setup_compile_cache
-from ect_scale.monitor import Monitor, StepStats, peak_flops
+from ect_scale.monitor import Monitor, StepStats, peak_flops, summary_lines
 from ect_scale.netfile import check_compatible, load_network_file, save_network_file
 from ect_scale.networks import build_network, forced_weight_norm_
 from ect_scale.networks.flops import model_stats
@@ -90,6 +90,8 @@ class Trainer:
         self.batch_size = cfg.train.batch_size
         self.stop_requested = False  # Set by a signal on this rank ...
         self.stop_all = False        # ... and agreed on by all ranks at the step boundary.
+        self.last_scalars: dict[str, float] = {}     # The last status interval's statistics (all ranks).
+        self._exported_at: Optional[int] = None     # Images seen at the last EMA export.
         self._install_signal_handlers()
         self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
         self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
@@ -100,6 +102,8 @@ class Trainer:
         self._compile_pending = cfg.engine.compile  # The next step compiles (timed and logged).
         self._checked_stage = -1
         self.monitor = Monitor(self.run_dir, cfg, cfg.train.total_nimg, self.state.nimg)
+        if self.checkpointer is not None:
+            self.checkpointer.say = self.monitor.print
         self._announce(resumed)
         self._data_iter: Iterator = iter(self.stream)
 
@@ -115,21 +119,9 @@ class Trainer:
 
         stream = build_train_stream(self.cfg.data, batch_gpu=self.cfg.train.batch_gpu, rank=self.rank,
                                     world_size=self.world_size, seed=self.cfg.train.seed)
-        self._check_data_matches_network(stream)
+        if getattr(stream, "manifest", None) is not None:
+            stream.manifest.check_fits(self.cfg.network)
         return stream
-
-    def _check_data_matches_network(self, stream) -> None:
-        """Refuse data whose decoded shape or classes do not fit the network, naming both sides."""
-        m, net = getattr(stream, "manifest", None), self.cfg.network
-        if m is None:
-            return
-        raw_c, raw_h = m.raw_shape[0], m.raw_shape[-1]
-        channels = raw_c // 2 if m.encoder.get("kind") == "sd-vae" else raw_c
-        if (channels, raw_h) != (net.img_channels, net.img_resolution) or m.label_dim != net.label_dim:
-            raise ValueError(f"data {m.url}: samples are {channels}x{raw_h}x{raw_h} with {m.label_dim} classes, but the "
-                             f"network expects {net.img_channels}x{net.img_resolution}x{net.img_resolution} with "
-                             f"{net.label_dim} classes. Fix: pick the network preset that matches the shards "
-                             "(network.preset) or re-make the shards at the network's resolution")
 
     def _build_checkpointer(self):
         if not self.cfg.checkpoint.enabled:
@@ -161,7 +153,7 @@ class Trainer:
                 ("engine", f"ZeRO-{c.engine.zero_stage} on {self.device.type}, precision {_precision_text(c.engine)}"
                  + (f", compiled ({c.engine.compile_mode})" if c.engine.compile else "")),
                 ("optimizer", f"Adam lr={c.optim.lr:g} betas={tuple(c.optim.betas)} decay_nimg={c.optim.decay_nimg:,}"),
-                ("ema", ", ".join(self.ema.profiles)), ("data", c.data.url or c.data.kind),
+                ("ema", ", ".join(self.ema.profiles)), ("data", data_description(c.data)),
                 ("duration", f"{c.train.total_nimg:,} images"),
                 ("start", f"resumed at {self.state.nimg:,} images" if resumed else "fresh start")]
         self.monitor.config_table(rows)
@@ -170,8 +162,8 @@ class Trainer:
     def run(self) -> TrainState:
         cfg = self.cfg
         slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
-        t_start = time.time()
-        last_status = time.time()
+        t_start = session_start = last_status = time.time()
+        self.session_start_nimg = self.state.nimg
         try:
             while self.state.nimg < cfg.train.total_nimg:
                 before = self.state.nimg
@@ -188,20 +180,29 @@ class Trainer:
                     self.evaluate()
                 stop = self.stop_all or (slice_end is not None and slice_end <= after < cfg.train.total_nimg)
                 if self.checkpointer is not None and (stop or self.checkpointer.due(before, after)):
-                    self.checkpointer.save(self)
+                    self.save_checkpoint()
                 if stop:
                     self.monitor.print(f"Stopping at {after:,} images (preemption signal or slice end); "
                                        "re-run the same command to resume.")
                     break
             else:
                 if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
-                    self.checkpointer.save(self)
-                if cfg.ema.export_nimg == 0 or self.state.nimg % cfg.ema.export_nimg:
+                    self.save_checkpoint()
+                if self._exported_at != self.state.nimg:  # Not yet exported here (periodically or with a checkpoint).
                     self.export_emas()
+            self.monitor.print(*run_summary(self, time.time() - session_start))
         finally:
             self.monitor.close()
             self.stream.close()
         return self.state
+
+    def save_checkpoint(self) -> bool:
+        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`;
+        after the commit, so an export cannot spoil it)."""
+        ok = self.checkpointer.save(self)
+        if self.cfg.ema.export_nimg == 0:
+            self.export_emas()
+        return ok
 
     def train_step(self) -> None:
         """One optimizer step over `batch_size` images (all ranks, all accumulation rounds).
@@ -304,10 +305,12 @@ class Trainer:
         scalars = s.reduce()
         self.state.nonfinite_targets += int(scalars["Loss/nonfinite_targets"])
         img_per_sec = s.images / max(wall_sec, 1e-9)
+        if cfg.ect.objective != "diffusion":  # The diffusion teacher has no stages.
+            scalars.update({
+                "ECT/stage": float(stage_at(max(nimg - self.batch_size, 0), cfg.ect)),
+                "ECT/ratio": nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
+                "ECT/dt_over_t": 1 - nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect)})
         scalars.update({
-            "ECT/stage": float(stage_at(max(nimg - self.batch_size, 0), cfg.ect)),
-            "ECT/ratio": nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
-            "ECT/dt_over_t": 1 - nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
             "Optim/lr": learning_rate(max(nimg - self.batch_size, 0), cfg.optim.lr, cfg.optim.decay_nimg,
                                       cfg.optim.rampup_nimg),
             "Grad/norm": float(s.grad_norm_sum) / s.grad_norm_count if s.grad_norm_count else float("nan"),
@@ -330,6 +333,7 @@ class Trainer:
             totals = dist.all_reduce_(torch.tensor([float(v) for v in counters.values()], device=self.device))
             scalars.update({f"Data/{k}": float(v) for k, v in zip(counters, totals.tolist())})
         self.monitor.log(nimg, scalars)
+        self.last_scalars = scalars
         s.reset()
 
     def ema_nets_state(self, profile: str) -> dict[str, torch.Tensor]:
@@ -339,6 +343,7 @@ class Trainer:
         """Write each EMA as a world-size-independent network file under <run_dir>/ema (collective), plus sample
         grids of the last profile (rank 0; `logging.sample_grids`)."""
         paths = []
+        self._exported_at = self.state.nimg
         kimg = self.state.nimg // 1000
         dtype = torch.float16 if self.cfg.ema.export_dtype == "float16" else torch.float32
         for i, profile in enumerate(self.ema.profiles):
@@ -371,11 +376,15 @@ class Trainer:
         net = Precond(self.cfg.network)
         net.load_state_dict(state)
         kimg = self.state.nimg // 1000
+        folder = os.path.join(self.run_dir, "samples")
+        self.monitor.print(f"samples: drawing {num} samples of EMA {profile} for the grids in {folder} ...")
+        t0 = time.time()
         for name, grid in sample_grids(net, self.encoder, self.cfg.ect, num=num, device=self.device).items():
             if grid.shape[0] != 3:  # The encoder did not decode to RGB (e.g. a test encoder): nothing to show.
                 continue
-            save_png(grid, os.path.join(self.run_dir, "samples", f"{name}-{kimg:07d}-{profile}.png"))
+            save_png(grid, os.path.join(folder, f"{name}-{kimg:07d}-{profile}.png"))
             self.monitor.add_images(f"Samples/{name}/{profile}", grid.unsqueeze(0), self.state.nimg)
+        self.monitor.print(f"samples: done in {time.time() - t0:.1f} s")
 
     def evaluate(self) -> dict[str, float]:
         """In-loop FID of each EMA at the configured step counts (all ranks share the work)."""
@@ -405,6 +414,31 @@ def _precision_text(engine_cfg) -> str:
     sched = ", ".join(f"{m} from stage {s}" for s, m in engine_cfg.schedule())
     text = engine_cfg.precision + (f" ({sched})" if sched else "")
     return f"{text}, {engine_cfg.resolved_param_dtype()} parameter copy, fp32 masters"
+
+
+def data_description(data) -> str:
+    """The config table's data row: the manifest URL, or what synthetic data stands in for it."""
+    if data.kind == "synthetic":
+        return (f"synthetic ({data.synthetic_encoder}, {data.synthetic_resolution}px, "
+                f"{data.synthetic_label_dim} classes)")
+    return data.url
+
+
+def run_summary(trainer: Trainer, session_sec: float) -> list[str]:
+    """The end-of-run lines (rank 0 prints them): images, time, speed, skips, and where the results are."""
+    cfg, run_dir, state = trainer.cfg, trainer.run_dir, trainer.state
+    shards = trainer.last_scalars.get("Data/corrupt_shards_skipped")
+    places = [("EMAs", os.path.join(run_dir, "ema") + f"  ({', '.join(trainer.ema.profiles)})")]
+    if cfg.logging.sample_grid > 0:
+        places.append(("samples", os.path.join(run_dir, "samples")))
+    if cfg.logging.tensorboard:
+        places.append(("TensorBoard", f"tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}"))
+    if trainer.checkpointer is not None:
+        places.append(("checkpoints", trainer.checkpointer.dest.url))
+    return summary_lines(nimg=state.nimg, total_nimg=cfg.train.total_nimg,
+                         session_nimg=state.nimg - trainer.session_start_nimg, session_sec=session_sec,
+                         elapsed_sec=state.elapsed_sec, skipped_steps=state.skipped_steps,
+                         shards_skipped=None if shards is None else int(shards), places=places)
 
 
 def _crossed(before: int, after: int, interval: int) -> bool:

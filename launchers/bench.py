@@ -19,10 +19,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.config import load_config  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="edm2-img512-s")
     ap.add_argument("--batch-gpu", type=int, default=32)
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
     from ect_scale import dist
     from ect_scale.bench import TimingGate, benchmark, limit_gpu_memory
 
+    entry.set_log_dir(os.path.join(cfg.run_dir, "logs"))
+
     if args.max_memory_gib:
         limit_gpu_memory(args.max_memory_gib)
 
@@ -83,6 +86,10 @@ def main(argv=None) -> int:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="bench")
 
 
 if __name__ == "__main__":

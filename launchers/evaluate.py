@@ -2,13 +2,13 @@
 """FID and FD_DINOv2 of network files (EMA exports, imported EDM2 teachers) on any number of GPUs.
 
     # 2-step FID-50k of an EMA export, min of 3 seed sets as EDM2 reports, on 8 GPUs:
-    torchrun --standalone --nproc_per_node=8 launchers/evaluate.py \
-        --net runs/ect-s/ema-0.050.safetensors --ref refs/img512.pkl --inception weights/inception-2015-12-05.pt \
+    torchrun --standalone --nproc_per_node=8 launchers/evaluate.py \\
+        --net runs/ect-s/ema-0.050.safetensors --ref refs/img512.pkl --inception weights/inception-2015-12-05.pt \\
         --vae weights/sd-vae-ft-mse --steps 1,2 --t-mid 0.98 --repeats 3 --out results.json --tensorboard runs/ect-s/tb
 
     # A diffusion teacher with EDM's Heun sampler (NFE 63), also FD_DINOv2:
-    deepspeed --num_gpus 8 launchers/evaluate.py --net teacher.safetensors --sampler heun --ref refs/img512.pkl \
-        --inception weights/inception-2015-12-05.pt --dinov2-repo weights/dinov2 \
+    deepspeed --num_gpus 8 launchers/evaluate.py --net teacher.safetensors --sampler heun --ref refs/img512.pkl \\
+        --inception weights/inception-2015-12-05.pt --dinov2-repo weights/dinov2 \\
         --dinov2-weights weights/dinov2_vitl14_pretrain.pth --vae weights/sd-vae-ft-mse
 
 Seeds are split across ranks with per-seed noise and labels, so the numbers are the same for any number of GPUs
@@ -157,7 +157,7 @@ def _device_name(device) -> str:
 
 
 def main(argv=None) -> int:
-    return run_main(main_body, parse_args(argv))
+    return run_main(main_body, parse_args(argv), program="evaluate")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,16 @@
     deepspeed [--num_nodes N --num_gpus G --hostfile H] launchers/train.py --config configs/ect-img512-s.yaml [--a.b=value ...]
     torchrun --nnodes N --nproc_per_node G ... launchers/train.py --config ... [--a.b=value ...]
     srun ... python launchers/train.py --config ...            (see launchers/slurm_train.sbatch)
-    python launchers/train.py --config ... --dry-run            (print the resolved config and DeepSpeed JSON)
+    python launchers/train.py --config ... --dry-run            (print the resolved config and DeepSpeed JSON, check
+                                                                 the init file, data, run and checkpoint folders)
 
 Overrides use dotted paths into the config (`--ect.q=4 --train.batch_gpu=16`). Re-running the same command resumes
 from the latest complete checkpoint. The deepspeed launcher's `--local_rank` is accepted and ignored (LOCAL_RANK wins).
+A single process picks a free rendezvous port; concurrent multi-process runs on one machine each need their own
+(`deepspeed --master_port <port>`, `torchrun --master-port <port>`).
+
+Expected failures (storage, missing files, incompatible checkpoints, out of memory) print one line
+`error: <what>. Fix: <how>` and exit with code 2; the full traceback is in <run_dir>/logs/error-rank<R>.log.
 """
 
 import argparse
@@ -17,13 +23,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ect_scale.config import ConfigError, dump_config, load_config  # noqa: E402
+from ect_scale import entry  # noqa: E402
+from ect_scale.config import Config, dump_config, load_config  # noqa: E402
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML recipe (see configs/)")
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and DeepSpeed JSON, then exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and DeepSpeed JSON, check what "
+                    "the run needs (init file, data, writable folders), then exit")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
@@ -33,21 +41,36 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        from ect_scale.engine import deepspeed_config
+    return entry.run(lambda: run(args, overrides), program="train")
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        print(dump_config(cfg))
-        print(json.dumps(deepspeed_config(cfg, world), indent=2))
-        return 0
+
+def run(args, overrides: list[str]) -> int:
+    cfg = load_config(args.config, overrides)
+    entry.set_log_dir(os.path.join(cfg.run_dir, "logs"))
+    if args.dry_run:
+        return dry_run(cfg)
     from ect_scale.trainer import main as train
 
     train(cfg)
+    return 0
+
+
+def dry_run(cfg: Config) -> int:
+    """Print the resolved config and DeepSpeed JSON, then every problem the run would meet (exit code 2 if any)."""
+    from ect_scale.engine import deepspeed_config
+    from ect_scale.preflight import check_run
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    print(dump_config(cfg))
+    print(json.dumps(deepspeed_config(cfg, world), indent=2), flush=True)
+    problems = check_run(cfg, world)
+    if problems:
+        print(f"error: --dry-run found {len(problems)} problem{'s' if len(problems) > 1 else ''} this run would "
+              "meet:\n" + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1)), file=sys.stderr, flush=True)
+        return 2
+    checked = ["init" if cfg.init else None, "data" if cfg.data.kind == "shards" else None, "run_dir",
+               "checkpoint.dir" if cfg.checkpoint.enabled else None]
+    print(f"dry run: ok ({', '.join(c for c in checked if c)} checked; {world} rank(s))", flush=True)
     return 0
 
 

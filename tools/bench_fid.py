@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ect_scale.eval.distributed import get_world_size, init_from_env, is_main, shutdown  # noqa: E402
+from ect_scale import entry  # noqa: E402
+from ect_scale.eval.distributed import get_world_size, init_from_env, is_main  # noqa: E402
 from ect_scale.eval.stats import frechet_distance  # noqa: E402
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -176,7 +177,7 @@ def driver(args, argv) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.gpus and "WORLD_SIZE" not in os.environ:
@@ -185,8 +186,11 @@ def main(argv=None) -> int:
     result = measure(args, device)
     if is_main():
         print(RESULT_PREFIX + json.dumps(result), flush=True)
-    shutdown()
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="bench_fid")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.config import DataConfig  # noqa: E402
 from ect_scale.data.convert import RawConverter  # noqa: E402
 from ect_scale.data.encoders import LatentEncoder  # noqa: E402
@@ -124,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = parse_args(argv)
     shape = [int(v) for v in args.shape.split(",")]
     server, endpoint = (None, args.endpoint_url) if args.endpoint_url or "s3" not in args.where else start_moto()
@@ -149,6 +150,10 @@ def main(argv=None) -> int:
     if server is not None:
         server.stop()
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="bench_loader")
 
 
 if __name__ == "__main__":

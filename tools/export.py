@@ -23,23 +23,25 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ect_scale.checkpoint import CheckpointError  # noqa: E402
+from ect_scale import entry  # noqa: E402
 from ect_scale.checkpoint.export import available, consolidated_network, find_checkpoint  # noqa: E402
-from ect_scale.netfile import NetworkFileError, load_network_file, save_network_file  # noqa: E402
+from ect_scale.errors import UserError  # noqa: E402
+from ect_scale.netfile import load_network_file, save_network_file  # noqa: E402
 
 
 def out_path(out: str, nimg: int, what: str, several: bool) -> str:
     is_dir = out.endswith("/") or (os.path.isdir(out) and "://" not in out)
     if several and not is_dir:
-        raise SystemExit(f"error: --out {out}: exporting several networks needs a folder. Fix: end it with '/'")
+        raise UserError(f"--out {out}: exporting several networks needs a folder", "end it with '/'")
     if is_dir:
         return f"{out.rstrip('/')}/network-{nimg // 1000:07d}-{what}.safetensors"
     if not out.endswith(".safetensors"):
-        raise SystemExit(f"error: --out {out}: should end in .safetensors (or be a folder ending in '/')")
+        raise UserError(f"--out {out}: should end in .safetensors",
+                        "name a .safetensors file, or a folder ending in '/'")
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", metavar="SRC", help="run dir, checkpoints root or ckpt-* folder (local or URL)")
     ap.add_argument("--what", default="all", help="online, an EMA profile (power-0.050, beta-0.9999) or all")
@@ -48,26 +50,26 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     ap.add_argument("--list", action="store_true", help="print the checkpoint and its networks, write nothing")
     args = ap.parse_args(argv)
-    try:
-        ref = find_checkpoint(args.src, args.tag)
-        names = available(ref)
-        print(f"[export] {ref.display()}: {', '.join(names)}", flush=True)
-        if args.list:
-            return 0
-        if args.out is None:
-            ap.error("--out is required (a .safetensors file or a folder ending in '/')")
-        whats = names if args.what == "all" else [args.what]
-        dtype = torch.float16 if args.dtype == "float16" else None
-        for what in whats:
-            state, config, meta = consolidated_network(ref, what)
-            path = out_path(args.out, meta["nimg"], what, len(whats) > 1)
-            save_network_file(path, state, config, meta=meta, dtype=dtype)
-            load_network_file(path)  # Verify: the file builds the network without DeepSpeed.
-            print(f"[export] {what} at {meta['nimg']:,} images -> {path}", flush=True)
-    except (CheckpointError, NetworkFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ref = find_checkpoint(args.src, args.tag)
+    names = available(ref)
+    print(f"[export] {ref.display()}: {', '.join(names)}", flush=True)
+    if args.list:
+        return 0
+    if args.out is None:
+        ap.error("--out is required (a .safetensors file or a folder ending in '/')")
+    whats = names if args.what == "all" else [args.what]
+    dtype = torch.float16 if args.dtype == "float16" else None
+    for what in whats:
+        state, config, meta = consolidated_network(ref, what)
+        path = out_path(args.out, meta["nimg"], what, len(whats) > 1)
+        save_network_file(path, state, config, meta=meta, dtype=dtype)
+        load_network_file(path)  # Verify: the file builds the network without DeepSpeed.
+        print(f"[export] {what} at {meta['nimg']:,} images -> {path}", flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="export")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 """Reference statistics (FID / FD_DINOv2) of an image dataset, computed across ranks; or FD of images to a reference.
 
     # EDM2 protocol: every training image at the training resolution, no flips (img512.zip from dataset_tool.py):
-    torchrun --standalone --nproc_per_node=8 tools/fid_ref.py --data datasets/img512.zip --out refs/img512-ours.pkl \
-        --inception weights/inception-2015-12-05.pt --dinov2-repo weights/dinov2 \
+    torchrun --standalone --nproc_per_node=8 tools/fid_ref.py --data datasets/img512.zip --out refs/img512-ours.pkl \\
+        --inception weights/inception-2015-12-05.pt --dinov2-repo weights/dinov2 \\
         --dinov2-weights weights/dinov2_vitl14_pretrain.pth
 
     # From the raw ImageNet train folder, center-cropped on the fly exactly like tools/make_shards.py:
-    torchrun --standalone --nproc_per_node=8 tools/fid_ref.py --source imagenet/train --resolution 512 \
+    torchrun --standalone --nproc_per_node=8 tools/fid_ref.py --source imagenet/train --resolution 512 \\
         --out refs/img512-ours.pkl --inception weights/inception-2015-12-05.pt
 
     # FD of a folder of images (e.g. samples written elsewhere) against a reference:
@@ -108,7 +108,7 @@ def main_body(args, device) -> int:
 
 
 def main(argv=None) -> int:
-    return run_main(main_body, parse_args(argv))
+    return run_main(main_body, parse_args(argv), program="fid_ref")
 
 
 if __name__ == "__main__":

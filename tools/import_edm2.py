@@ -3,7 +3,7 @@
 
     python tools/import_edm2.py edm2-img512-s-2147483-0.130.pkl pretrained/edm2-img512-s-2147483-0.130.safetensors
     python tools/import_edm2.py s3://bucket/edm2/network-snapshot-2147483-0.100.pkl pretrained/   # name from IN
-    python tools/import_edm2.py \
+    python tools/import_edm2.py \\
         https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-s-1073741-0.075.pkl pretrained/
 
 IN is a local path or any fsspec URL (s3://, gs://, https://); OUT is a .safetensors path/URL or a directory.
@@ -20,9 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ect_scale.edm2_import import Edm2ImportError, import_edm2  # noqa: E402
+from ect_scale import entry  # noqa: E402
+from ect_scale.edm2_import import import_edm2  # noqa: E402
 from ect_scale.edm2_import.convert import output_exists  # noqa: E402
-from ect_scale.netfile import NetworkFileError  # noqa: E402
+from ect_scale.errors import UserError  # noqa: E402
 
 
 def output_path(in_path: str, out: str) -> str:
@@ -34,7 +35,7 @@ def output_path(in_path: str, out: str) -> str:
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN.pkl", help="EDM2 snapshot pickle: local path or fsspec URL")
     ap.add_argument("output", metavar="OUT", help="network file (.safetensors) or directory, local or fsspec URL")
@@ -49,21 +50,20 @@ def main(argv=None) -> int:
     out = output_path(args.input, args.output)
     if not out.endswith(".safetensors"):
         ap.error(f"OUT: '{out}' should end in .safetensors (or be a directory ending in '/')")
-    try:
-        if output_exists(out) and not args.force:
-            print(f"error: {out} exists. Fix: pass --force to overwrite it, or choose another OUT", file=sys.stderr)
-            return 2
-        result = import_edm2(args.input, out, dtype=args.dtype, verify=not args.no_verify,
-                             forward=not args.no_forward, log=lambda s: print(f"[import_edm2] {s}", flush=True))
-    except (Edm2ImportError, NetworkFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if output_exists(out) and not args.force:
+        raise UserError(f"{out} exists", "pass --force to overwrite it, or choose another OUT")
+    result = import_edm2(args.input, out, dtype=args.dtype, verify=not args.no_verify,
+                         forward=not args.no_forward, log=lambda s: print(f"[import_edm2] {s}", flush=True))
     print(result.summary())
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"time       {secs}")
     print(f"next       set `init: {out}` and `network.preset: {result.config.preset or '<see arch above>'}` in your "
           "training config (docs/import.md)")
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="import_edm2")
 
 
 if __name__ == "__main__":

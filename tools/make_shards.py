@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turn an image source into WebDataset tar shards plus manifest.json on any fsspec URL (local, s3://, gs://, ...).
 
-    # The quickstart's data (launchers/quickstart.sh): scikit-learn's 8x8 digits as grayscale pixels (no download).
+    # The quickstart's data (launchers/quickstart.sh has its exact command): scikit-learn's 8x8 digits as
+    # grayscale pixels at their native resolution (no download).
     python tools/make_shards.py --source sklearn-digits --out data/digits --resolution 8 --pixels --grayscale
 
     # ImageNet-512 as SD-VAE latents (posterior mean and std, float16), 8 writers, straight to S3.
@@ -23,8 +24,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.data.encoders import SD_VAE_ID  # noqa: E402
-from ect_scale.data.storage import StorageError, StorageOptions  # noqa: E402
+from ect_scale.data.storage import StorageOptions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +75,7 @@ def default_device() -> str:
     return "cpu"
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = parse_args(argv)
     from ect_scale.data.convert import PixelConverter, VaeConverter
     from ect_scale.data.images import open_source
@@ -84,19 +86,18 @@ def main(argv=None) -> int:
                          batch=args.batch, io_threads=args.io_threads, verify=args.verify,
                          wait_timeout_s=args.wait_timeout_s, progress_s=args.progress_s)
     storage = StorageOptions(endpoint_url=args.endpoint_url)
-    try:
-        source = open_source(args.source, args.labels)
-        converter = PixelConverter(args.grayscale) if args.pixels else VaeConverter(args.vae, args.device or default_device(),
-                                                                      args.dtype)
-        if args.finalize_only:
-            shards = plan_shards(len(source), opts)
-            finalize(args.out, len(shards), plan_dict(source, converter, opts, shards), storage, args.wait_timeout_s)
-        else:
-            write_shards(source, args.out, converter, opts, storage)
-    except (StorageError, ValueError, TimeoutError, RuntimeError, OSError) as e:
-        print(f"make_shards: error: {e}", file=sys.stderr)
-        return 1
+    source = open_source(args.source, args.labels)
+    converter = PixelConverter(args.grayscale) if args.pixels else VaeConverter(args.vae, args.device or default_device(), args.dtype)
+    if args.finalize_only:
+        shards = plan_shards(len(source), opts)
+        finalize(args.out, len(shards), plan_dict(source, converter, opts, shards), storage, args.wait_timeout_s)
+    else:
+        write_shards(source, args.out, converter, opts, storage)
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="make_shards")
 
 
 if __name__ == "__main__":

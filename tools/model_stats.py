@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.config import NetworkConfig, from_dict  # noqa: E402
 from ect_scale.networks.flops import model_stats  # noqa: E402
 from ect_scale.networks.presets import PRESETS, TABLE6_MPARAMS  # noqa: E402
@@ -31,7 +32,7 @@ def stats_for(preset: str) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), help="network preset")
     ap.add_argument("--all", action="store_true", help="every preset, one JSON object per line")
@@ -41,6 +42,10 @@ def main(argv=None) -> int:
     for name in (sorted(PRESETS) if args.all else [args.preset]):
         print(json.dumps(stats_for(name)))
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="model_stats")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.config import parse_nimg  # noqa: E402
-from ect_scale.netfile import NetworkFileError, read_network_file, save_network_file  # noqa: E402
+from ect_scale.errors import UserError  # noqa: E402
+from ect_scale.netfile import read_network_file, save_network_file  # noqa: E402
 from ect_scale.networks.precond import Precond  # noqa: E402
 from ect_scale.phema import combine, profile_error, solve_posthoc_coefficients  # noqa: E402
 
@@ -62,21 +64,21 @@ def parse_stds(text: str) -> list[float]:
     stds = [float(s) for s in text.split(",") if s.strip()]
     bad = [s for s in stds if not 0 < s < 12 ** -0.5]
     if not stds or bad:
-        raise SystemExit(f"error: --std: each sigma_rel must be in (0, 0.2887) (got {bad or text!r}). "
-                         "Fix: pass e.g. --std 0.02,0.05,0.1")
+        raise UserError(f"--std: each sigma_rel must be in (0, 0.2887) (got {bad or text!r})",
+                        "pass e.g. --std 0.02,0.05,0.1")
     return stds
 
 
 def plan(snaps, stds: list[float], at_nimg: int | None):
     """Inputs used, the output time and the weights [n_in, n_out]."""
     if not snaps:
-        raise SystemExit("error: no power-EMA snapshots found. Fix: point IN at <run_dir>/ema (files exported every "
-                         "ema.export_nimg with ema.stds set)")
+        raise UserError("no power-EMA snapshots found", "point IN at <run_dir>/ema (files exported every "
+                        "ema.export_nimg with ema.stds set)")
     t_out = at_nimg if at_nimg is not None else snaps[-1][0]
     used = [s for s in snaps if s[0] <= t_out]
     if len(used) < 2:
-        raise SystemExit(f"error: only {len(used)} snapshots at or before {t_out:,} images. Fix: choose a later "
-                         "--at-nimg, or export more often (ema.export_nimg)")
+        raise UserError(f"only {len(used)} snapshots at or before {t_out:,} images",
+                        "choose a later --at-nimg, or export more often (ema.export_nimg)")
     ofs, sig = [s[0] for s in used], [s[1] for s in used]
     X = solve_posthoc_coefficients(ofs, sig, [t_out] * len(stds), stds)
     return used, t_out, X, profile_error(ofs, sig, [t_out] * len(stds), stds, X)
@@ -100,7 +102,7 @@ def write_outputs(used, t_out: int, stds: list[float], X: np.ndarray, out: str, 
     return paths
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN", help="folder of exported EMA snapshots (<run_dir>/ema), local or URL")
     ap.add_argument("--std", required=True, help="comma-separated sigma_rel values to reconstruct, e.g. 0.02,0.08")
@@ -115,11 +117,10 @@ def main(argv=None) -> int:
     stds = parse_stds(args.std)
     at = parse_nimg(args.at_nimg, "--at-nimg") if args.at_nimg is not None else None
     try:
-        snaps = list_snapshots(args.input)
-        used, t_out, X, err = plan(snaps, stds, at)
-    except (OSError, np.linalg.LinAlgError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        used, t_out, X, err = plan(list_snapshots(args.input), stds, at)
+    except np.linalg.LinAlgError as e:
+        raise UserError(f"the post-hoc EMA system cannot be solved ({e})", "use snapshots of more distinct times or "
+                        "sigma_rel values, or fewer outputs") from e
     in_stds = sorted({s for _, s, _ in used})
     print(f"[phema] {len(used)} snapshots of sigma_rel {in_stds} from {used[0][0]:,} to {used[-1][0]:,} images; "
           f"output at {t_out:,} images", flush=True)
@@ -129,12 +130,12 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     out = args.out or args.input.rstrip("/").rsplit("/", 1)[0] + "/phema"
-    try:
-        write_outputs(used, t_out, stds, X, out, torch.float16 if args.dtype == "float16" else None, args.batch)
-    except NetworkFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    write_outputs(used, t_out, stds, X, out, torch.float16 if args.dtype == "float16" else None, args.batch)
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="phema")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Search the intermediate time t_mid of the 2-step consistency sampler (an open question, locuslab/ect#11).
 
-    torchrun --standalone --nproc_per_node=8 tools/search_tmid.py --net runs/ect-s/ema-0.050.safetensors \
-        --ref refs/img512.pkl --inception weights/inception-2015-12-05.pt --vae weights/sd-vae-ft-mse \
+    torchrun --standalone --nproc_per_node=8 tools/search_tmid.py --net runs/ect-s/ema-0.050.safetensors \\
+        --ref refs/img512.pkl --inception weights/inception-2015-12-05.pt --vae weights/sd-vae-ft-mse \\
         --grid 0.2:4.0:12 --num-samples 5000 --refine 1 --out tmid.json
 
 FID on `--num-samples` samples for every t_mid of a log-spaced grid (`LO:HI:N`, or an explicit `--values` list), on the
@@ -132,7 +132,7 @@ def main_body(args, device) -> int:
 
 
 def main(argv=None) -> int:
-    return run_main(main_body, parse_args(argv))
+    return run_main(main_body, parse_args(argv), program="search_tmid")
 
 
 if __name__ == "__main__":

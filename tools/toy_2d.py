@@ -15,10 +15,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
+from ect_scale import entry  # noqa: E402
 from ect_scale.toy.gmm2d import run_toy  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher-steps", type=int, default=3000)
     ap.add_argument("--ect-steps", type=int, default=2000)
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
     res = run_toy(teacher_steps=args.teacher_steps, ect_steps=args.ect_steps, batch=args.batch, seed=args.seed)
     print(json.dumps(dataclasses.asdict(res), indent=2))
     return 0
+
+
+def main(argv=None) -> int:
+    return entry.run(lambda: _main(argv), program="toy_2d")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
     ckpt = Checkpointer(cfg, run_dir)
     overrides = ckpt.engine_overrides()       # before the DeepSpeed engine exists: picks the checkpoint to resume
     engine = Engine(cfg, net, ds_overrides=overrides)
-    ckpt.resume(trainer)                      # restores everything; False for a fresh start
-    if ckpt.due(nimg_before, nimg_after): ckpt.save(trainer)
+    ckpt.resume(parts)                        # restores everything; False for a fresh start
+    if ckpt.due(nimg_before, nimg_after): ckpt.save(parts)
+
+`parts` is any `Checkpointable` (`parts.py`: engine, EMAs, data stream, counters, encoder); the trainer is one.
 
 A save never damages the latest checkpoint: files go to a new folder (directly on a shared filesystem, or staged
 locally and uploaded to object storage), every rank reports what it wrote, and only when all ranks succeeded
@@ -20,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -29,14 +31,12 @@ from ect_scale.checkpoint.collective import all_gather_object, on_main
 from ect_scale.checkpoint.ds_io import WriteLog, ds_version, load_deepspeed, save_deepspeed
 from ect_scale.checkpoint.layout import (FORMAT, LATEST, MARKER, TRAINER_FILE, CheckpointError, FileRecord, Marker,
                                          nimg_of, rank_file, retained, tag_for)
-from ect_scale.checkpoint.restore import restore_trainer_state
+from ect_scale.checkpoint.parts import Checkpointable
+from ect_scale.checkpoint.restore import restore_state
 from ect_scale.checkpoint.resume import ResumePlan, plan_resume
 from ect_scale.checkpoint.shards import write_rank_file
 from ect_scale.checkpoint.storage import Destination, crc32_file, staging_root
 from ect_scale.config import Config, immutable_fields, to_dict
-
-if TYPE_CHECKING:
-    from ect_scale.trainer import Trainer
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Checkpointer:
         self.resumed_nimg: Optional[int] = None
         self.failures = 0
         self.reports: list[SaveReport] = []
+        self.say: Callable[[str], None] = dist.print0  # Save outcomes (the trainer points it at its monitor).
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -82,7 +83,7 @@ class Checkpointer:
             return {"checkpoint": {"load_universal": True}}
         return None
 
-    def resume(self, trainer: "Trainer") -> bool:
+    def resume(self, parts: Checkpointable) -> bool:
         """Restore model, optimizer, EMAs, counters, data position and RNG from the planned checkpoint."""
         if not self._planned:
             self.engine_overrides()
@@ -90,18 +91,18 @@ class Checkpointer:
         if plan is None:
             return False
         t0 = time.time()
-        ds = trainer.engine.engine
+        ds = parts.engine.engine
         if plan.universal:
             ds._config.load_universal_checkpoint = True
         load_deepspeed(ds, plan.load_dir, plan.load_tag, plan.universal)
-        notes = restore_trainer_state(trainer, plan, self.rank, self.world_size)
-        self.resumed_nimg = trainer.state.nimg
+        notes = restore_state(parts, plan, self.rank, self.world_size)
+        self.resumed_nimg = parts.state.nimg
         secs = time.time() - t0
         how = "exact resume" if not plan.universal and plan.saved_world_size == self.world_size else (
             f"elastic: {plan.saved_world_size} -> {self.world_size} ranks through a universal checkpoint "
             f"(converted in {plan.convert_sec:.1f} s)" if plan.universal else
             f"{plan.saved_world_size} -> {self.world_size} ranks (ZeRO-0 state is replicated)")
-        self.log(f"resumed from {self.dest.display(plan.tag)} at {trainer.state.nimg:,} images ({how}; "
+        self.log(f"resumed from {self.dest.display(plan.tag)} at {parts.state.nimg:,} images ({how}; "
                  f"{plan.marker.total_bytes / 2**20:.1f} MiB, loaded in {secs:.1f} s)")
         for note in notes:
             self.log(note)
@@ -122,15 +123,15 @@ class Checkpointer:
         return nimg in (self.last_saved_nimg, self.resumed_nimg)
 
     # ------------------------------------------------------------------ save
-    def save(self, trainer: "Trainer") -> bool:
+    def save(self, parts: Checkpointable) -> bool:
         """Write a checkpoint of the current state (collective). Returns False if the save failed (the previous
         checkpoint stays the latest); raises after `max_consecutive_failures` failures in a row."""
         t0 = time.time()
-        nimg = trainer.state.nimg
+        nimg = parts.state.nimg
         tag = tag_for(nimg)
         report = SaveReport(tag, ok=False)
         log, folder = self._prepare(tag)
-        self._write(trainer, folder, log, report)  # Collective (DeepSpeed): runs even after a local error.
+        self._write(parts, folder, log, report)  # Collective (DeepSpeed): runs even after a local error.
         records = self._records(folder, log) if log.error is None else []
         if log.error is None and not self.dest.is_local:
             self._upload(tag, folder, records, log, report)
@@ -147,9 +148,7 @@ class Checkpointer:
             shutil.rmtree(folder, ignore_errors=True)
         report.total_sec = time.time() - t0
         self.reports.append(report)
-        self._conclude(trainer, report)
-        if self.cfg.ema.export_nimg == 0:  # "Export at checkpoints"; after the commit, so it cannot spoil it.
-            trainer.export_emas()
+        self._conclude(nimg, report)
         return report.ok
 
     def _prepare(self, tag: str) -> tuple[WriteLog, str]:
@@ -178,17 +177,17 @@ class Checkpointer:
             log.fail(f"creating {folder}", e)
         return log, folder
 
-    def _write(self, trainer: "Trainer", folder: str, log: WriteLog, report: SaveReport) -> None:
+    def _write(self, parts: Checkpointable, folder: str, log: WriteLog, report: SaveReport) -> None:
         """DeepSpeed's files (collective; writes are skipped once `log` has an error), then this rank's own."""
         t = time.time()
-        client = {"ect_scale": {"nimg": trainer.state.nimg, "train_state": trainer.state.state_dict()}}
-        save_deepspeed(trainer.engine.engine, folder, client, log)
+        client = {"ect_scale": {"nimg": parts.state.nimg, "train_state": parts.state.state_dict()}}
+        save_deepspeed(parts.engine.engine, folder, client, log)
         report.ds_sec = time.time() - t
         t = time.time()
         if log.error is None:
             path = os.path.join(folder, rank_file(self.rank))
             try:
-                write_rank_file(path, trainer, self.rank, self.world_size)
+                write_rank_file(path, parts, self.rank, self.world_size)
                 log.paths.append(path)
             except Exception as e:  # noqa: BLE001 - a failed write is reported collectively
                 log.fail(f"writing {path}", e)
@@ -196,20 +195,20 @@ class Checkpointer:
             path = os.path.join(folder, TRAINER_FILE)
             try:
                 with open(path, "w") as f:
-                    json.dump(self._trainer_meta(trainer, tag_for(trainer.state.nimg)), f, indent=1)
+                    json.dump(self._trainer_meta(parts, tag_for(parts.state.nimg)), f, indent=1)
                 log.paths.append(path)
             except Exception as e:  # noqa: BLE001
                 log.fail(f"writing {path}", e)
         report.state_sec = time.time() - t
 
-    def _trainer_meta(self, trainer: "Trainer", tag: str) -> dict:
+    def _trainer_meta(self, parts: Checkpointable, tag: str) -> dict:
         cfg = self.cfg
-        return {"format": FORMAT, "tag": tag, "nimg": trainer.state.nimg, "train_state": trainer.state.state_dict(),
+        return {"format": FORMAT, "tag": tag, "nimg": parts.state.nimg, "train_state": parts.state.state_dict(),
                 "world_size": self.world_size, "zero_stage": cfg.engine.zero_stage, "precision": cfg.engine.resolved_param_dtype(),
                 "deepspeed": ds_version(), "torch": torch.__version__, "immutable": immutable_fields(cfg),
-                "ema_profiles": list(trainer.ema.profiles), "ema_nimg": int(trainer.ema.nimg),
-                "param_shapes": {k: list(v) for k, v in trainer.engine.param_shapes.items()},
-                "network": to_dict(cfg.network), "ect": to_dict(cfg.ect), "encoder": trainer.encoder.describe(),
+                "ema_profiles": list(parts.ema.profiles), "ema_nimg": int(parts.ema.nimg),
+                "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
+                "network": to_dict(cfg.network), "ect": to_dict(cfg.ect), "encoder": parts.encoder.describe(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def _records(self, folder: str, log: WriteLog) -> list[FileRecord]:
@@ -270,10 +269,9 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             self.log(f"WARNING: retention after {tag} failed ({type(e).__name__}: {e}); old checkpoints remain")
 
-    def _conclude(self, trainer: "Trainer", report: SaveReport) -> None:
+    def _conclude(self, nimg: int, report: SaveReport) -> None:
         """Report the outcome; clean up after a failure; stop after too many failures in a row."""
-        nimg = trainer.state.nimg
-        say = trainer.monitor.print if getattr(trainer, "monitor", None) is not None else self.log
+        say = self.say
         if report.ok:
             self.failures = 0
             self.last_saved_nimg = nimg

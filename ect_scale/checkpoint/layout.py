@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ect_scale.errors import UserError
+
 TAG_RE = re.compile(r"^ckpt-(\d{12})$")
 DS_TAG = "ds"                      # DeepSpeed's tag (sub-folder) inside a checkpoint.
 DS_UNIVERSAL_TAG = "ds_universal"  # ds_to_universal output next to it (in the staging area).
@@ -28,7 +30,7 @@ LATEST = "latest"
 FORMAT = "ect_scale-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be written, found, verified or resumed. The message names the cause and the fix."""
 
 

@@ -1,5 +1,5 @@
-"""Restoring the trainer's own state after DeepSpeed loaded model and optimizer (every rank, no collectives except
-the low-precision refresh).
+"""Restoring everything but DeepSpeed's own state, after DeepSpeed loaded model and optimizer (every rank, no
+collectives except the low-precision refresh).
 
 Same layout (world size, ZeRO stage, precision): EMA shards, data position and RNG states are this rank's own,
 bit for bit. Another layout: EMAs are consolidated from all ranks' files and re-sliced into this rank's
@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from ect_scale.checkpoint.layout import CheckpointError
+from ect_scale.checkpoint.parts import Checkpointable
 from ect_scale.checkpoint.shards import RankFile, consolidate, fragment_table, open_rank_files, set_rng_state
 
 if TYPE_CHECKING:
     from ect_scale.checkpoint.resume import ResumePlan
     from ect_scale.ema import EMATracker
     from ect_scale.master import MasterWeights
-    from ect_scale.trainer import Trainer
 
 
-def restore_trainer_state(trainer: "Trainer", plan: "ResumePlan", rank: int, world_size: int) -> list[str]:
+def restore_state(parts: Checkpointable, plan: "ResumePlan", rank: int, world_size: int) -> list[str]:
     """Restore everything but DeepSpeed's state from the plan's rank files; returns notes for the log."""
-    eng = trainer.engine
+    eng = parts.engine
     eng.master.rebuild()  # DeepSpeed's load re-links the fp32 partitions.
     eng.place_optimizer_state()
     files = open_rank_files(plan.folder, plan.saved_world_size)
@@ -36,19 +36,19 @@ def restore_trainer_state(trainer: "Trainer", plan: "ResumePlan", rank: int, wor
     _check_master(eng.master, files)
     eng.refresh_low_precision()
     _restore_buffers(eng.module, files[0])
-    trainer.state.load_state_dict(plan.meta["train_state"])
-    eng.skipped_steps = trainer.state.skipped_steps
+    parts.state.load_state_dict(plan.meta["train_state"])
+    eng.skipped_steps = parts.state.skipped_steps
     if same_layout:
-        _load_ema_shards(trainer.ema, files[rank])
+        _load_ema_shards(parts.ema, files[rank])
     else:
-        _load_ema_consolidated(trainer.ema, files)
-    trainer.ema.nimg = int(files[0].state["ema_nimg"])
+        _load_ema_consolidated(parts.ema, files)
+    parts.ema.nimg = int(files[0].state["ema_nimg"])
     if same_world:
-        trainer.stream.load_state_dict(files[rank].state["stream"])
+        parts.stream.load_state_dict(files[rank].state["stream"])
         set_rng_state(*files[rank].rng())
         return []
-    trainer.stream.load_state_dict(stream_state_for(rank, world_size, [f.state["stream"] for f in files]))
-    return [f"EMAs {', '.join(trainer.ema.profiles)} re-sliced from {plan.saved_world_size} ranks' shards into "
+    parts.stream.load_state_dict(stream_state_for(rank, world_size, [f.state["stream"] for f in files]))
+    return [f"EMAs {', '.join(parts.ema.profiles)} re-sliced from {plan.saved_world_size} ranks' shards into "
             f"{world_size} ranks' partitions; data stream: continued at the same fraction of the epoch in the new "
             "layout's order (docs/data.md: for the rest of this epoch samples may repeat or be missed); RNG states "
             "not restored (training draws from per-(seed, rank, nimg) generators)"]

@@ -51,8 +51,8 @@ def check_config(meta: dict, cfg: Config, where: str) -> None:
     diffs = config_diff(meta.get("immutable", {}), immutable_fields(cfg))
     if diffs:
         raise CheckpointError(
-            f"{where} was written with a different configuration; these fields must not change when resuming:\n  "
-            + "\n  ".join(diffs) + "\nFix: resume with the checkpoint's values (see <run_dir>/config.yaml), or start "
+            f"{where} was written with a different configuration; these fields must not change when resuming: "
+            + "; ".join(diffs) + ". Fix: resume with the checkpoint's values (see <run_dir>/config.yaml), or start "
             "a new run in another run_dir / checkpoint.dir (use tools/export.py + init: to start from its weights)")
     saved, now = int(meta["zero_stage"]), cfg.engine.zero_stage
     family = lambda s: {0: "0", 1: "1/2", 2: "1/2", 3: "3"}[s]  # noqa: E731

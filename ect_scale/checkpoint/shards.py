@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -26,10 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ect_scale.checkpoint.layout import CheckpointError, rank_file
+from ect_scale.checkpoint.parts import Checkpointable
+from ect_scale.filemode import make_shareable
 from ect_scale.master import MasterWeights, _key
-
-if TYPE_CHECKING:
-    from ect_scale.trainer import Trainer
 
 FORMAT = "ect_scale-rank-state/1"
 
@@ -72,9 +71,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], saved: dict) -> None:
     np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
 
 
-def write_rank_file(path: str, trainer: "Trainer", rank: int, world_size: int) -> None:
-    """This rank's trainer state (see the module docstring). Local path; raises OSError on a failed write."""
-    master, ema = trainer.engine.master, trainer.ema
+def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int) -> None:
+    """This rank's state (see the module docstring). Local path; raises OSError on a failed write."""
+    master, ema = parts.engine.master, parts.ema
     # Without ZeRO every rank holds the same full tensors: rank 0 writes them, the others only their own state.
     shards = rank == 0 or master.zero_stage != 0
     flats = master.flats() if shards else []
@@ -82,21 +81,22 @@ def write_rank_file(path: str, trainer: "Trainer", rank: int, world_size: int) -
     for profile, shadows in (ema.shadows.items() if shards else ()):
         tensors.update({f"ema.{profile}.{i}": _cpu_copy(t) for i, t in enumerate(shadows)})
     if rank == 0:
-        for name, b in trainer.engine.module.named_buffers():
+        for name, b in parts.engine.module.named_buffers():
             tensors[f"buffer.{name}"] = b.detach().to("cpu", copy=True).contiguous()
     rng_tensors, rng_json = rng_state()
     tensors.update(rng_tensors)
     state = {"rank": rank, "world_size": world_size, "zero_stage": master.zero_stage,
              "fragments": fragment_table(master) if shards else [], "num_flats": len(flats),
-             "param_shapes": {k: list(v) for k, v in trainer.engine.param_shapes.items()},
+             "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
              "ema_profiles": list(ema.profiles), "ema_nimg": int(ema.nimg),
-             "stream": trainer.stream.state_dict(), "rng": rng_json}
+             "stream": parts.stream.state_dict(), "rng": rng_json}
     try:
         meta = {"ect_scale.format": FORMAT, "ect_scale.state": json.dumps(state)}
     except TypeError as e:
         raise CheckpointError(f"the data stream's state_dict() is not JSON-serialisable ({e}). Fix: return plain "
                               "dicts/lists/numbers/strings from the stream's state_dict()") from None
     save_file(tensors, path, metadata=meta)
+    make_shareable(path)  # safetensors creates it 0600.
 
 
 class RankFile:

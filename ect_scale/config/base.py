@@ -19,10 +19,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from ect_scale.errors import UserError
+
 __all__ = ["ConfigError", "check", "from_dict", "to_dict", "parse_nimg", "apply_overrides", "parse_override_args"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid. The message names the option, the constraint and the fix."""
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import multiprocessing.forkserver
+import os
 from collections import Counter
 from itertools import count, islice
 from typing import Iterator, Optional
@@ -32,6 +34,8 @@ from ect_scale.data import storage
 from ect_scale.data.manifest import LABEL_EXT, RAW_EXT, Manifest
 from ect_scale.data.order import Layout, shuffled
 from ect_scale.data.storage import StorageError, StorageOptions
+from ect_scale.errors import UserError
+from ect_scale.procs import exit_with_parent
 
 log = logging.getLogger("ect_scale.data")
 _WARN_FIRST, _WARN_EVERY = 10, 100
@@ -49,6 +53,7 @@ class ShardWorkerStream(IterableDataset):
         self.raw_shape, self.raw_dtype = tuple(manifest.raw_shape), np.dtype(manifest.raw_dtype)
         self.layout, self.rank, self.options = layout, rank, options
         self.start_epoch, self.start_batch = start_epoch, start_batch
+        self.owner_pid = os.getpid()  # The training process (workers are its children, or the forkserver's).
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         info = get_worker_info()
@@ -91,9 +96,9 @@ class ShardWorkerStream(IterableDataset):
                 n += 1
                 yield item
             if n == 0:
-                raise RuntimeError(f"data: rank {self.rank} worker {worker}: none of its {len(shards)} shards in epoch "
-                                   f"{epoch} is readable (e.g. {self.urls[shards[0]]}); see the warnings above. Fix: "
-                                   "check the shards (tools/make_shards.py --verify) and re-write the broken ones")
+                raise UserError(f"data: rank {self.rank} worker {worker}: none of its {len(shards)} shards in epoch "
+                                f"{epoch} is readable (e.g. {self.urls[shards[0]]}); see the warnings above",
+                                "check the shards (tools/make_shards.py --verify) and re-write the broken ones")
 
     def _read(self, shards: list[int], counters: Counter, bad: set) -> Iterator[tuple[int, bytes, int]]:
         """(label, raw npy bytes, data offset) per sample; a shard that fails is skipped from that point on and
@@ -104,7 +109,7 @@ class ShardWorkerStream(IterableDataset):
             url = self.urls[shard]
             try:
                 with gopen(url, "rb") as raw_stream:
-                    stream = _CountingReader(raw_stream)
+                    stream = _CountingReader(raw_stream, url)
                     for key, files in _group_by_key(tar_file_iterator(stream)):
                         item = self._parse(files)
                         if item is None:
@@ -128,8 +133,9 @@ class ShardWorkerStream(IterableDataset):
     @staticmethod
     def _skip_shard(url: str, error: BaseException, counters: Counter) -> None:
         counters["corrupt_shards_skipped"] += 1
+        reason = str(error).replace(f" @ {url}", "")  # webdataset appends the stream (here: the URL) to tar errors.
         _warn(counters["corrupt_shards_skipped"], f"data: skipping the rest of shard {url} "
-              f"({type(error).__name__}: {error}); {counters['corrupt_shards_skipped']} shard(s) skipped so far")
+              f"({type(error).__name__}: {reason}); {counters['corrupt_shards_skipped']} shard(s) skipped so far")
 
     def _parse(self, files: dict) -> Optional[tuple[int, bytes, int]]:
         if RAW_EXT not in files or LABEL_EXT not in files:
@@ -147,10 +153,13 @@ class ShardWorkerStream(IterableDataset):
 
 
 class _CountingReader:
-    """Counts the bytes read from a stream (to detect shards that end early)."""
+    """Counts the bytes read from a stream (to detect shards that end early); prints as the shard's URL."""
 
-    def __init__(self, stream):
-        self.stream, self.nbytes = stream, 0
+    def __init__(self, stream, url: str):
+        self.stream, self.url, self.nbytes = stream, url, 0
+
+    def __str__(self) -> str:
+        return self.url
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
@@ -199,7 +208,19 @@ def _warn(n: int, message: str) -> None:
 
 
 def _worker_init(_: int) -> None:
+    """Runs in every DataLoader worker: one thread, and exit with the parent (SIGKILL of the trainer included)."""
     torch.set_num_threads(1)
+    owner = get_worker_info().dataset.owner_pid
+    # A forkserver's child: the forkserver forks from its only thread, so a parent-death signal is safe. A direct
+    # child of the trainer may have been started from a thread that ends earlier: parent watch only.
+    exit_with_parent(pdeathsig=os.getppid() != owner)
+
+
+def start_forkserver() -> None:
+    """Start this process's forkserver (if not running) with the preloads that make it and its workers die with
+    this process (`forkserver_init`); call it from the main thread, before the first DataLoader iterator."""
+    multiprocessing.set_forkserver_preload(["ect_scale.data.forkserver_init", "ect_scale.data.loader"])
+    multiprocessing.forkserver.ensure_running()
 
 
 # ----------------------------------------------------------------------------
@@ -221,6 +242,8 @@ class TrainStream:
         self._it = None
         self._base_counters: Counter = Counter()
         self._worker_counters: dict[int, dict] = {}
+        if cfg.num_workers and cfg.start_method == "forkserver":
+            start_forkserver()
 
     @property
     def batches_per_epoch(self) -> int:
@@ -247,8 +270,6 @@ class TrainStream:
         dataset = ShardWorkerStream(self.manifest, self.layout, self.rank, self.options, self.epoch,
                                     self.batch_in_epoch)
         workers = self.cfg.num_workers
-        if workers and self.cfg.start_method == "forkserver":
-            multiprocessing.set_forkserver_preload(["ect_scale.data.loader"])
         self._loader = DataLoader(
             dataset, batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             multiprocessing_context=self.cfg.start_method if workers else None, persistent_workers=workers > 0,
@@ -271,8 +292,8 @@ class TrainStream:
     def load_state_dict(self, state: dict) -> None:
         """Resume at a saved position; logs whether the resume is exact or remapped (another layout)."""
         if state.get("kind") != self.kind:
-            raise ValueError(f"data state of kind {state.get('kind')!r} cannot resume a {self.kind!r} stream. Fix: "
-                             "resume with the data.kind the checkpoint was written with")
+            raise UserError(f"data state of kind {state.get('kind')!r} cannot resume a {self.kind!r} stream. Fix: "
+                            "resume with the data.kind the checkpoint was written with")
         self.close()
         self._base_counters = Counter(state.get("counters", {}))
         self._worker_counters = {}

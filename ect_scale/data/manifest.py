@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ect_scale.data.storage import StorageError, StorageOptions, dirname, join, read_bytes
+from ect_scale.errors import UserError
 
 FORMAT = "ect_scale.shards/1"
 MANIFEST_NAME = "manifest.json"
 RAW_EXT, LABEL_EXT, SOURCE_EXT = "raw.npy", "cls", "src"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest is malformed or does not match what the caller needs."""
 
 
@@ -66,6 +67,18 @@ class Manifest:
 
     def shard_url(self, index: int) -> str:
         return join(dirname(self.url), self.shards[index].name)
+
+    def check_fits(self, network: Any) -> None:
+        """Raise a `ManifestError` naming both sides if the decoded samples or the classes do not fit `network`
+        (a `NetworkConfig`: img_channels, img_resolution, label_dim)."""
+        raw_c, raw_h = self.raw_shape[0], self.raw_shape[-1]
+        channels = raw_c // 2 if self.encoder.get("kind") == "sd-vae" else raw_c  # Latent mean and std.
+        if (channels, raw_h) != (network.img_channels, network.img_resolution) or self.label_dim != network.label_dim:
+            raise ManifestError(f"data {self.url}: samples are {channels}x{raw_h}x{raw_h} with {self.label_dim} "
+                                f"classes, but the network expects {network.img_channels}x{network.img_resolution}x"
+                                f"{network.img_resolution} with {network.label_dim} classes",
+                                "pick the network preset that matches the shards (network.preset) or re-make the "
+                                "shards at the network's resolution")
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "shards": [vars(s) for s in self.shards], "num_samples": self.num_samples,

@@ -30,8 +30,9 @@ from ect_scale.data.images import ImageSource, UnreadableImage
 from ect_scale.data.manifest import FORMAT, LABEL_EXT, MANIFEST_NAME, RAW_EXT, SOURCE_EXT
 from ect_scale.data.order import balanced_split, permutation
 from ect_scale.data.progress import Progress
-from ect_scale.data.storage import (StorageOptions, commit_file, file_sha256, filesystem, join, local_path, protocol_of,
-                                    write_bytes)
+from ect_scale.data.storage import (StorageOptions, commit_file, describe_error, file_sha256, filesystem, join,
+                                    local_path, protocol_of, write_bytes)
+from ect_scale.filemode import make_shareable
 
 RECORDS = "_records"
 PLAN_KEYS = ("num_images", "resolution", "encoder", "raw", "num_shards", "seed")
@@ -107,9 +108,12 @@ def plan_dict(source: ImageSource, converter: RawConverter, opts: WriterOptions,
 def _check_plan(out_url: str, plan: dict, storage: StorageOptions) -> None:
     """Refuse to mix shards of different plans in one output; record the plan for later runs."""
     url = join(join(out_url, RECORDS), "plan.json")
-    fs, path = filesystem(url, storage)
-    if fs.exists(path):
-        old = json.loads(fs.cat_file(path))
+    try:  # The first contact with the store: unreachable endpoints and missing credentials surface here.
+        fs, path = filesystem(url, storage)
+        old = json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    except Exception as e:  # noqa: BLE001 - translated into an actionable message
+        raise describe_error(e, url, storage, action="write") from e
+    if old is not None:
         diff = {k: (old.get(k), plan[k]) for k in PLAN_KEYS if old.get(k) != plan[k]}
         if diff:
             raise ValueError(f"--out {out_url}: already holds shards written with different settings "
@@ -168,6 +172,7 @@ def _write_one(source: ImageSource, indices: list[int], shard: int, out_url: str
             record = _fill_tar(tar, source, indices, converter, opts, pool, progress)
         record = {"name": name, **record, "bytes": os.path.getsize(tmp), "sha256": file_sha256(tmp),
                   "writer": opts.rank}
+        make_shareable(tmp)  # mkstemp made it 0600; committed shards are read by everyone using the data set.
         _commit(tmp, join(out_url, name), storage)
     finally:
         if os.path.exists(tmp):

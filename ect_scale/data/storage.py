@@ -25,6 +25,8 @@ import fsspec
 from webdataset.gopen import gopen_schemes
 from fsspec.implementations.local import LocalFileSystem
 
+from ect_scale.errors import UserError
+
 __all__ = ["StorageError", "StorageOptions", "filesystem", "join", "read_bytes", "write_bytes", "commit_file",
            "open_shard", "RetryingReader", "configure_process", "describe_error", "clear_filesystem_cache", "COUNTERS"]
 
@@ -33,14 +35,14 @@ COUNTERS = {"read_retries": 0}
 _NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """Storage is unreachable, credentials are missing or rejected, or an object is missing; the message says the fix.
 
     `kind` is one of "credentials", "unreachable", "not-found", "other".
     """
 
     def __init__(self, message: str, kind: str = "other"):
-        super().__init__(message)
+        UserError.__init__(self, message)
         self.kind = kind
 
     def __reduce__(self):  # Keep `kind` when the error crosses a process boundary (DataLoader workers).

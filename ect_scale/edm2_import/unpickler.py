@@ -33,8 +33,10 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
+from ect_scale.errors import UserError
 
-class Edm2ImportError(ValueError):
+
+class Edm2ImportError(UserError, ValueError):
     """A file is not an importable EDM2 snapshot. The message says what was found, what was expected, and the fix."""
 
 

@@ -7,16 +7,14 @@ ect.t_max), then to the defaults. Works under `deepspeed` (which appends --local
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from typing import Callable, Optional
 
+from ect_scale import entry
 from ect_scale.config.base import ConfigError
-from ect_scale.eval.detectors import METRICS, Detector, DetectorFileError, build_detectors
-from ect_scale.eval.distributed import init_from_env, is_main, shutdown
-from ect_scale.eval.refs import ReferenceStatsError
+from ect_scale.eval.detectors import METRICS, Detector, build_detectors
+from ect_scale.eval.distributed import init_from_env, is_main
 from ect_scale.eval.sampling import SamplerSpec, consistency_spec
-
-USER_ERRORS = (ConfigError, DetectorFileError, ReferenceStatsError, FileNotFoundError, ValueError)
 
 
 def float_list(text: str) -> list[float]:
@@ -118,18 +116,16 @@ def specs_from_args(args: argparse.Namespace) -> list[SamplerSpec]:
     return [consistency_spec(n, args.t_mid or [], args.t_max, option="--t-mid") for n in sorted(set(steps))]
 
 
-def run_main(body: Callable[[argparse.Namespace, object], int], args: argparse.Namespace) -> int:
-    """Join the process group from the environment, run `body(args, device)`, report user errors plainly."""
-    device = init_from_env(args.device)
-    try:
-        code = body(apply_config_defaults(args), device)
-    except USER_ERRORS as e:
-        if is_main():
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        shutdown(wait=False)  # Peers may have failed differently: do not wait for them.
-        return 2
-    shutdown()
-    return code
+def run_main(body: Callable[[argparse.Namespace, object], int], args: argparse.Namespace, program: str) -> int:
+    """Join the process group from the environment and run `body(args, device)` as an entry point
+    (`ect_scale.entry`: one line and exit code 2 for user errors; error logs next to `--config`'s run)."""
+    def work() -> int:
+        if args.config:
+            entry.set_log_dir(os.path.join(os.path.dirname(os.path.abspath(args.config)), "logs"))
+        device = init_from_env(args.device)
+        return body(apply_config_defaults(args), device)
+
+    return entry.run(work, program=program)
 
 
 def optional_writer(logdir: Optional[str]):

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from ect_scale.data.storage import file_sha256  # noqa: F401  (also part of this module's API)
+from ect_scale.errors import UserError
 from ect_scale.eval.stats import no_tf32
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -40,7 +41,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 METRICS = ("fid", "fd_dinov2", "fd_classifier")  # fd_classifier: development metric, eval/classifier.py.
 
 
-class DetectorFileError(FileNotFoundError):
+class DetectorFileError(UserError, FileNotFoundError):
     """A detector's weights are missing or unusable; the message says which file and where it comes from."""
 
 

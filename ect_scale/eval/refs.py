@@ -23,6 +23,7 @@ from typing import Optional
 import fsspec
 import numpy as np
 
+from ect_scale.errors import UserError
 from ect_scale.eval.stats import GaussianStats
 
 EDM2_REFS_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/"
@@ -37,7 +38,7 @@ _NUMPY_GLOBALS = {
 }
 
 
-class ReferenceStatsError(ValueError):
+class ReferenceStatsError(UserError, ValueError):
     """A reference statistics file is missing, unsafe or malformed."""
 
 

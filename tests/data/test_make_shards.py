@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -153,9 +154,9 @@ def test_resume_keeps_committed_shards_and_redoes_the_rest(s3_bucket):
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert make_shards.main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--resolution",
-                             "16", "--pixels"]) == 1
+                             "16", "--pixels"]) == 2  # The entry points' code for an expected failure.
     err = capsys.readouterr().err
-    assert "--source" in err and "not a folder" in err and "Fix:" in err
+    assert err.startswith("error: --source") and "not a folder" in err and "Fix:" in err and "Traceback" not in err
 
 
 def test_two_writers_produce_the_same_shards_as_one(tmp_path):
@@ -205,3 +206,16 @@ def test_vae_shards_store_the_posterior_mean_and_std(tiny_vae_dir, tmp_path):
         assert (raw[:, 4:] > 0).all()  # The std half.
     decoded = build_encoder(json.loads(json.dumps(enc))).decode(stream.encoder.encode(raw))
     assert decoded.shape == (3, 3, 32, 32) and decoded.dtype == torch.uint8
+
+
+def test_shards_and_the_manifest_get_the_usual_modes(tmp_path):
+    """Not mkstemp's 0600: others sharing the data folder must read the shards (the umask decides, here 027)."""
+    old = os.umask(0o027)
+    try:
+        assert make_shards.main(["--source", "sklearn-digits", "--out", str(tmp_path / "d"), "--resolution", "8",
+                                 "--pixels", "--num-shards", "2", "--limit", "40"]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "d").rglob("*")}
+    assert modes["shard-000000.tar"] == 0o640 and modes["manifest.json"] == 0o640 and modes["_records"] == 0o750
+    assert set(modes.values()) == {0o640, 0o750}

@@ -1,0 +1,58 @@
+"""Processes that die with the process that started them, SIGKILL included.
+
+A DataLoader worker started through a forkserver and the forkserver itself hold pipes that keep each other, and
+multiprocessing's resource tracker, alive: after the training process is killed with SIGKILL (the out-of-memory
+killer, a hard preemption) they were re-parented to PID 1 and lived on indefinitely, holding memory and file
+handles. `exit_with_parent()` makes the calling process exit as soon as its parent is gone:
+
+  * Linux: `prctl(PR_SET_PDEATHSIG, SIGKILL)`. The kernel sends it when the parent *thread* that created this
+    process exits, so use it only where that thread lives as long as the parent process (`pdeathsig=True`);
+  * everywhere: a daemon thread polls `os.getppid()` and exits once this process has been re-parented.
+
+The resource tracker needs nothing: it exits by itself once the last process holding its pipe is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Linux: ask the kernel to send `sig` to this process when its parent thread exits. False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def exit_with_parent(pdeathsig: bool = True, interval_s: float = 0.5) -> None:
+    """Exit (code 1, no clean-up) as soon as the parent process dies; see the module docstring."""
+    parent = os.getppid()
+    if pdeathsig:
+        set_parent_death_signal()
+    if os.getppid() != parent:  # The parent died before the signal was armed.
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent, interval_s), name="ect-parent-watch", daemon=True).start()
+
+
+def _watch(parent: int, interval_s: float) -> None:
+    while True:
+        time.sleep(interval_s)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def started_by_launcher() -> bool:
+    """Whether this process is a rank started by the deepspeed launcher or torchrun (which set these variables)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "CROSS_RANK" in os.environ

@@ -1,0 +1,45 @@
+"""`launchers/train.py` with a failure injected into one rank's second training step (tests only).
+
+    python tests/launchers/inject.py FAIL_RANK KIND HANG_RANK -- <launchers/train.py arguments>
+
+KIND: `oom` raises CUDA's out-of-memory error, `bug` a ZeroDivisionError (an unexpected exception). On
+HANG_RANK (-1 for none) the same step blocks forever outside any collective, like a rank stuck in a GPU wait:
+only the peer watch can stop it.
+"""
+
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+
+def inject(fail_rank: int, kind: str, hang_rank: int) -> None:
+    import torch
+
+    from ect_scale import dist
+    from ect_scale.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def train_step(self) -> None:
+        if self.state.steps == 1 and dist.get_rank() == fail_rank:
+            if kind == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 1; 79.2 GiB total)")
+            raise ZeroDivisionError("injected bug")
+        if self.state.steps == 1 and dist.get_rank() == hang_rank:
+            time.sleep(3600)
+        real_step(self)
+
+    Trainer.train_step = train_step
+
+
+if __name__ == "__main__":
+    fail, what, hang = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    inject(fail, what, hang)
+    sys.argv = [os.path.join(REPO, "launchers", "train.py")] + sys.argv[sys.argv.index("--") + 1:]
+    sys.path.insert(0, os.path.join(REPO, "launchers"))
+    import train
+
+    sys.exit(train.main())

@@ -1,0 +1,42 @@
+"""--help texts and the docs say what the commands do: example commands keep their line breaks, and the quickstart's
+data is described where it is made (launchers/quickstart.sh), with numbers that agree with its configs."""
+
+import os
+import re
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.launchers.common import run
+
+
+@pytest.mark.parametrize("script", ["launchers/evaluate.py", "tools/fid_ref.py", "tools/search_tmid.py",
+                                    "tools/import_edm2.py", "tools/make_shards.py"])
+def test_help_examples_keep_their_line_breaks(script):
+    proc = run([sys.executable, script, "--help"], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not re.search(r"\S {4,}--", proc.stdout), "an example command ran into the next line"
+    if script != "tools/make_shards.py":
+        assert re.search(r" \\\n +(--|https)", proc.stdout), "a continued example command"
+
+
+def _quickstart_shards() -> tuple[int, int]:
+    text = open(os.path.join(REPO, "launchers", "quickstart.sh")).read()
+    line = next(ln for ln in text.splitlines() if "make_shards.py" in ln and not ln.startswith("#"))
+    return int(re.search(r"--resolution (\d+)", line).group(1)), int(re.search(r"--num-shards (\d+)", line).group(1))
+
+
+def test_the_quickstart_data_is_described_where_it_is_made():
+    resolution, _ = _quickstart_shards()
+    teacher = yaml.safe_load(open(os.path.join(REPO, "configs", "demo-digits-teacher.yaml")))
+    from ect_scale.config import load_config
+
+    net = load_config(None, [f"--network.preset={teacher['network']['preset']}", "--data.kind=synthetic"]).network
+    assert net.img_resolution == resolution  # The shards fit the teacher.
+    help_text = run([sys.executable, "tools/make_shards.py", "--help"], timeout=120).stdout
+    doc = open(os.path.join(REPO, "docs", "data.md")).read()
+    for text in (help_text, doc):
+        assert "launchers/quickstart.sh" in text
+        assert not re.search(r"quickstart[^\n]*\d+x\d+", text, re.I), "a quickstart size outside quickstart.sh"

@@ -1,0 +1,91 @@
+"""Processes of a run end with it, and runs do not collide: a 2-rank `deepspeed` run on shards with DataLoader workers
+is killed with SIGKILL (its ranks, or its launcher) and no process of it may survive 10 s; two single-process runs
+started at once on one machine both finish (each binds its own free port)."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from tests.distributed import free_port
+from tests.launchers.common import BIN, ENV, SYNTHETIC, TEACHER, make_digits
+
+pytestmark = pytest.mark.slow
+
+
+def _table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{name}/cmdline") as f:
+                    cmd = f.read().replace("\0", " ")
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                out[int(name)] = (int(fields[1]), cmd)
+    return out
+
+
+def _tree(root: int) -> dict[int, str]:
+    table, found = _table(), {root}
+    while True:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        if not more:
+            return {pid: table[pid][1] for pid in found if pid in table}
+        found |= more
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("victim", ["ranks", "launcher"])
+def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
+    manifest = make_digits(str(tmp_path / "digits"))
+    cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] + TEACHER[1:] + [
+        f"--data.url={manifest}", f"--run_dir={tmp_path}/run", "--train.total_nimg=10000000",
+        "--train.status_nimg=64", "--logging.progress=plain", "--data.num_workers=1", "--checkpoint.enabled=false"]
+    runner = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    pids: dict[int, str] = {}
+    try:
+        for line in runner.stdout:  # Train until the first status line: workers, forkservers, trackers all up.
+            if line.startswith("kimg "):
+                break
+        pids = _tree(runner.pid)
+        assert sum("multiprocessing.forkserver" in c for c in pids.values()) >= 2, pids
+        assert sum("resource_tracker" in c for c in pids.values()) >= 2, pids
+        if victim == "ranks":
+            targets = [pid for pid, c in pids.items() if "launchers/train.py" in c and "--local_rank" in c]
+        else:
+            targets = [pid for pid, c in pids.items() if "deepspeed.launcher.launch" in c]
+        assert len(targets) == (2 if victim == "ranks" else 1), pids
+        for pid in targets:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(10)
+        alive = _table()
+        survivors = {pid: c for pid, c in pids.items() if pid in alive and alive[pid][1] == c and pid != runner.pid}
+        assert survivors == {}, survivors
+    finally:
+        for pid in [runner.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        runner.wait(timeout=30)
+
+
+def test_two_single_process_runs_at_once_both_finish(tmp_path):
+    env = {k: v for k, v in ENV.items() if k not in ("MASTER_PORT", "MASTER_ADDR")}
+    runs = [subprocess.Popen(TEACHER + SYNTHETIC + [f"--run_dir={tmp_path}/run{i}", "--checkpoint.enabled=false"],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in runs]
+    for p, (out, err) in zip(runs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+        assert "Finished: 128 images." in out
+        assert "data       synthetic (pixels, 16px, 10 classes)" in out  # Not the recipe's data.url.
