@@ -119,3 +119,4 @@ class LossScaler:
         self.scale = float(state["scale"])
         self.clean_nimg = int(state.get("clean_nimg", 0))
         self.overflows = int(state.get("overflows", 0))
+

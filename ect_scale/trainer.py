@@ -8,6 +8,7 @@ of the world's ranks. Randomness (t, noise, dropout masks, latent samples) is dr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -26,7 +27,7 @@ from ect_scale.monitor import Monitor, StepStats, peak_flops, summary_lines
 from ect_scale.netfile import check_compatible, load_network_file, save_network_file
 from ect_scale.networks import build_network, forced_weight_norm_
 from ect_scale.networks.flops import model_stats
-from ect_scale.precision import mode_at
+from ect_scale.precision_control import PrecisionControl, precision_text
 from ect_scale.prefetch import DevicePrefetcher
 
 
@@ -99,13 +100,13 @@ class Trainer:
         resumed = self.checkpointer.resume(self) if self.checkpointer is not None else False
         if self.engine.scaler is not None and self.state.loss_scaler:
             self.engine.scaler.load_state_dict(self.state.loss_scaler)
-        self._compile_pending = cfg.engine.compile  # The next step compiles (timed and logged).
-        self._checked_stage = -1
+        self.precision = PrecisionControl(cfg, self.engine, self._compile_cache)
         self.monitor = Monitor(self.run_dir, cfg, cfg.train.total_nimg, self.state.nimg)
         if self.checkpointer is not None:
             self.checkpointer.say = self.monitor.print
         self._announce(resumed)
         self._data_iter: Iterator = iter(self.stream)
+        self.precision.say = self.monitor.print
 
     # ------------------------------------------------------------------ setup
     def _setup_run_dir(self) -> None:
@@ -150,7 +151,7 @@ class Trainer:
                 ("objective", "diffusion (EDM2 loss, Eq. 21)" if c.ect.objective == "diffusion" else
                  f"ECT q={c.ect.q:g} stage_nimg={c.ect.stage_nimg:,} c={c.ect.c:g} weighting={c.ect.weighting}"),
                 ("batch", f"{c.train.batch_size} = {c.train.batch_gpu} x {self.engine.rounds} rounds x {self.world_size} ranks"),
-                ("engine", f"ZeRO-{c.engine.zero_stage} on {self.device.type}, precision {_precision_text(c.engine)}"
+                ("engine", f"ZeRO-{c.engine.zero_stage} on {self.device.type}, precision {precision_text(c.engine)}"
                  + (f", compiled ({c.engine.compile_mode})" if c.engine.compile else "")),
                 ("optimizer", f"Adam lr={c.optim.lr:g} betas={tuple(c.optim.betas)} decay_nimg={c.optim.decay_nimg:,}"),
                 ("ema", ", ".join(self.ema.profiles)), ("data", data_description(c.data)),
@@ -212,7 +213,7 @@ class Trainer:
         cfg, eng = self.cfg, self.engine
         nimg = self.state.nimg
         lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
-        self._apply_precision(nimg)
+        self.precision.before_step(nimg, self._probe, self.monitor.log)
         t0 = time.time()
         if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # New iteration: earlier CUDA-graph outputs may be reused.
@@ -248,54 +249,19 @@ class Trainer:
             why = (f"fp16 gradient overflow ({eng.last_scale_note})" if eng.last_scale_note
                    else "non-finite loss or gradient on some rank")
             self.monitor.print(f"Skipped the step at {nimg:,} images: {why} ({self.state.skipped_steps} skipped so far).")
-        if self._compile_pending:
-            self._compile_pending = False
-            self.monitor.print(f"compile: the first {eng.mode} step took {time.time() - t0:.1f} s including "
-                               f"torch.compile ({self._compile_cache or 'torch default cache'})")
+        self.precision.after_step(time.time() - t0)
         if result.applied and result.grad_norm is not None:
             self.stats.grad_norm_sum = self.stats.grad_norm_sum + result.grad_norm
             self.stats.grad_norm_count += 1
         self.stats.step_sec += time.time() - t0
         self.stats.images += self.batch_size
 
-    # ------------------------------------------------------------------ precision
-    def _apply_precision(self, nimg: int) -> None:
-        """Switch to the scheduled precision mode at a stage boundary (a pure function of images seen, so a resumed
-        run switches at the same images), and check rounding error against ECT's signal once per stage."""
-        mode = mode_at(nimg, self.cfg)
-        if mode != self.engine.mode:
-            old = self.engine.mode
-            self.engine.set_precision(mode)
-            self._compile_pending = self.cfg.engine.compile
-            self.monitor.print(f"precision: {old} -> {mode} at {nimg:,} images (stage {stage_at(nimg, self.cfg.ect)})"
-                               + ("; the network compiles once for it" if self.cfg.engine.compile else ""))
-        stage = stage_at(nimg, self.cfg.ect)
-        if self.cfg.engine.precision_check and self.cfg.ect.objective == "ect" and stage != self._checked_stage:
-            self._checked_stage = stage
-            self._check_rounding(nimg, stage)
-
-    def _check_rounding(self, nimg: int, stage: int) -> None:
-        """Warn when the current mode's rounding error exceeds ECT's signal at this stage (docs/precision.md)."""
-        from ect_scale.rounding import stage_check
-
-        raw, labels = self._peek_batch()
-        result = stage_check(self.module, self.encoder, raw, labels, nimg, self.cfg, self.engine.mode, self.device)
-        self.engine.set_precision(self.engine.mode)  # Re-applies the mode's TF32 switches.
-        if result is None:
-            return
-        ratio, text = result
-        self.monitor.log(nimg, {"Precision/error_over_signal": ratio})
-        self.monitor.print((f"WARNING: {text}: the rounding noise exceeds the signal ECT learns from. Fix: use "
-                            "engine.precision=fp16 or tf32 for this stage (engine.precision_schedule; docs/precision.md)")
-                           if ratio > 1 else text)
-
-    def _peek_batch(self):
-        """A micro-batch for measurements that leaves the training stream untouched (synthetic-shaped if needed)."""
+    def _probe(self):
+        """(encoder, raw, labels) of one micro-batch for measurements, leaving the training stream untouched."""
         if not hasattr(self, "_probe_batch"):
-            raw, labels = next(self._data_iter)
-            self._probe_batch = (raw, labels)
-            self._data_iter = _prepend((raw, labels), self._data_iter)
-        return self._probe_batch
+            self._probe_batch = next(self._data_iter)
+            self._data_iter = itertools.chain([self._probe_batch], self._data_iter)
+        return (self.encoder, *self._probe_batch)
 
     # ------------------------------------------------------------------ periodic work
     def report(self, wall_sec: float) -> None:
@@ -403,17 +369,6 @@ class Trainer:
             del net
         self.monitor.log(self.state.nimg, results)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
         return results
-
-
-def _prepend(item, iterator):
-    yield item
-    yield from iterator
-
-
-def _precision_text(engine_cfg) -> str:
-    sched = ", ".join(f"{m} from stage {s}" for s, m in engine_cfg.schedule())
-    text = engine_cfg.precision + (f" ({sched})" if sched else "")
-    return f"{text}, {engine_cfg.resolved_param_dtype()} parameter copy, fp32 masters"
 
 
 def data_description(data) -> str:

@@ -35,7 +35,7 @@ def latest(pattern: str, what: str) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/quickstart", help="the quickstart's output folder")
-    ap.add_argument("--ect-ema", default="power-0.100", help="which ECT EMA to evaluate (the file name's profile)")
+    ap.add_argument("--ect-ema", default="power-0.050", help="which ECT EMA to evaluate (the file name's profile)")
     ap.add_argument("--num", type=int, default=500, help="samples per row (and real images in the floor row)")
     ap.add_argument("--t-mid", type=float, default=None, help="ECT's 2-step time (default: the ECT run's ect.t_mid)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

@@ -13,7 +13,29 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ect_scale.config.sources import main  # noqa: E402
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the sourced values of recipes (tools/recipe_sources.py); exit 1 if any value lacks a source."""
+    import argparse
+
+    from ect_scale.config import load_config
+    from ect_scale.config.sources import file_unsourced_options, sourced_rows, unsourced_options
+    ap = argparse.ArgumentParser(description="Print every sourced or non-default value of a recipe with its source.")
+    ap.add_argument("configs", nargs="+", help="YAML recipes")
+    args = ap.parse_args(argv)
+    bad = 0
+    for path in args.configs:
+        cfg = load_config(path)
+        print(f"# {os.path.basename(path)}")
+        for k, default, v, src in sourced_rows(cfg):
+            print(f"{k} = {v!r}  (default/preset {default!r})\n    {src}")
+        missing = unsourced_options(cfg) + [f"{k} (set in this file, sourced only in a base)"
+                                            for k in file_unsourced_options(path)]
+        for k in missing:
+            print(f"UNSOURCED {k}")
+        bad += len(missing)
+    return 1 if bad else 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -56,7 +56,7 @@ class Config:
     sources: dict[str, str] = field(default_factory=dict)
 
     def validate(self, path: str = "") -> None:
-        check_source_keys(self.sources)
+        check_source_keys(self.sources, type(self))
         check(abs(self.network.sigma_data - self.ect.sigma_data) < 1e-12, "ect.sigma_data",
               f"must equal network.sigma_data ({self.ect.sigma_data} != {self.network.sigma_data})",
               "set both to the same value (EDM2: 0.5)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import typing
 from typing import Any
 
@@ -37,11 +36,8 @@ __all__ = ["option_names", "check_source_keys", "flatten", "baseline_values", "u
 EXEMPT = ("description", "run_dir")
 
 
-def option_names(cls: type | None = None, prefix: str = "") -> list[str]:
-    """Every dotted option name of the config tree (leaves only), e.g. 'ect.q', 'init'."""
-    if cls is None:
-        from ect_scale.config import Config  # Lazy: the package imports this module.
-        cls = Config
+def option_names(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted option name of the config tree `cls` (leaves only), e.g. 'ect.q', 'init'."""
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
@@ -55,9 +51,9 @@ def option_names(cls: type | None = None, prefix: str = "") -> list[str]:
     return names
 
 
-def check_source_keys(sources: dict, option: str = "sources") -> None:
-    """Every key must be an existing option and every value non-empty text (ConfigError otherwise)."""
-    known = set(option_names())
+def check_source_keys(sources: dict, cls: type, option: str = "sources") -> None:
+    """Every key must be an existing option of `cls` and every value non-empty text (ConfigError otherwise)."""
+    known = set(option_names(cls))
     for key, text in sources.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -80,10 +76,11 @@ def flatten(node: Any, prefix: str = "", out: dict | None = None) -> dict:
     return out
 
 
-def baseline_values(preset: str | None) -> dict:
-    """Flattened defaults of every option, with the network fields `preset` expands to."""
-    from ect_scale.config import Config, NetworkConfig
-    d = to_dict(Config())
+def baseline_values(cls: type, preset: str | None) -> dict:
+    """Flattened defaults of every option of the config class `cls`, with the network fields `preset` expands to."""
+    from ect_scale.config.network import NetworkConfig
+
+    d = to_dict(cls())
     d.pop("sources", None)
     if preset is not None:
         d["network"] = to_dict(from_dict(NetworkConfig, {"preset": preset}, "network"))
@@ -94,12 +91,12 @@ def _values(cfg) -> tuple[dict, dict]:
     """(resolved values, baseline values) of `cfg`, both flattened, without bookkeeping options or `sources`."""
     d = to_dict(cfg)
     d.pop("sources", None)
-    base = baseline_values(cfg.network.preset)
+    base = baseline_values(type(cfg), cfg.network.preset)
     return {k: v for k, v in flatten(d).items() if k not in EXEMPT}, base
 
 
 def unsourced_options(cfg) -> list[str]:
-    """Options whose resolved value differs from `baseline_values(cfg.network.preset)` and that have no source."""
+    """Options whose resolved value differs from the defaults (with `cfg.network.preset`) and that have no source."""
     values, base = _values(cfg)
     return sorted(k for k, v in values.items() if v != base.get(k) and k not in cfg.sources)
 
@@ -132,23 +129,3 @@ def note_overrides(raw: dict, overrides: dict[str, str]) -> dict:
         sources[key] = f"command-line override --{key}" + (f" (recipe source: {old})" if old else "")
     return {**raw, "sources": sources}
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the sourced values of recipes (tools/recipe_sources.py); exit 1 if any value lacks a source."""
-    import argparse
-    from ect_scale.config import load_config
-    ap = argparse.ArgumentParser(description="Print every sourced or non-default value of a recipe with its source.")
-    ap.add_argument("configs", nargs="+", help="YAML recipes")
-    args = ap.parse_args(argv)
-    bad = 0
-    for path in args.configs:
-        cfg = load_config(path)
-        print(f"# {os.path.basename(path)}")
-        for k, default, v, src in sourced_rows(cfg):
-            print(f"{k} = {v!r}  (default/preset {default!r})\n    {src}")
-        missing = unsourced_options(cfg) + [f"{k} (set in this file, sourced only in a base)"
-                                            for k in file_unsourced_options(path)]
-        for k in missing:
-            print(f"UNSOURCED {k}")
-        bad += len(missing)
-    return 1 if bad else 0

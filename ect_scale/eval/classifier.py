@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ect_scale.eval.detectors import Detector, DetectorFileError
+from ect_scale.eval.detector_base import Detector, DetectorFileError
 
 FORMAT = "ect_scale-classifier/1"
 

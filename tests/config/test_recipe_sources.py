@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ect_scale.config import ConfigError, dump_config, load_config
+from ect_scale.config import Config, ConfigError, dump_config, load_config
 from ect_scale.config.sources import file_unsourced_options, option_names, unsourced_options
 from tests.conftest import REPO
 
@@ -104,7 +104,7 @@ def test_sources_are_kept_in_the_resolved_config(tmp_path):
 
 
 def test_option_names_cover_the_tree():
-    names = set(option_names())
+    names = set(option_names(Config))
     assert {"init", "ect.q", "optim.lr", "network.dropout", "ema.stds"} <= names and "sources" not in names
 
 

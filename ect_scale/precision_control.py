@@ -1,0 +1,61 @@
+"""The trainer's side of the precision schedule (`ect_scale.precision`): switching modes at stage boundaries,
+checking rounding error against ECT's signal once per stage (`ect_scale.rounding`), logging compile times."""
+
+from __future__ import annotations
+
+from ect_scale.ect.schedules import stage_at
+from ect_scale.precision import mode_at
+from ect_scale.rounding import stage_check
+
+
+def precision_text(engine_cfg) -> str:
+    """The config table's description of a run's precision."""
+    sched = ", ".join(f"{m} from stage {s}" for s, m in engine_cfg.schedule())
+    text = engine_cfg.precision + (f" ({sched})" if sched else "")
+    return f"{text}, {engine_cfg.resolved_param_dtype()} parameter copy, fp32 masters"
+
+
+class PrecisionControl:
+    """The trainer's precision schedule: before a step, switch to the mode `mode_at(nimg)` asks for (logged; a
+    compiled network compiles once per new mode) and, once per ECT stage, compare that mode's rounding error of
+    f(x_t) - f(x_r) with the signal (`rounding.stage_check`; a warning when the error is larger); after a step that
+    compiled, log how long it took. Pure function of images seen, so a resumed run switches at the same images."""
+
+    def __init__(self, cfg, engine, compile_cache=None):
+        self.cfg, self.engine, self.compile_cache = cfg, engine, compile_cache
+        self.compile_pending = cfg.engine.compile
+        self.checked_stage = -1
+        self.say = print
+
+    def before_step(self, nimg: int, probe, log) -> None:
+        """`probe()` returns (encoder, raw, labels) of a micro-batch; `log(nimg, scalars)` records a scalar."""
+        mode = mode_at(nimg, self.cfg)
+        stage = stage_at(nimg, self.cfg.ect)
+        if mode != self.engine.mode:
+            old = self.engine.mode
+            self.engine.set_precision(mode)
+            self.compile_pending = self.cfg.engine.compile
+            self.say(f"precision: {old} -> {mode} at {nimg:,} images (stage {stage})"
+                     + ("; the network compiles once for it" if self.cfg.engine.compile else ""))
+        if self.cfg.engine.precision_check and self.cfg.ect.objective == "ect" and stage != self.checked_stage:
+            self.checked_stage = stage
+            self._check(nimg, probe, log)
+
+    def _check(self, nimg: int, probe, log) -> None:
+        encoder, raw, labels = probe()
+        eng = self.engine
+        result = stage_check(eng.module, encoder, raw, labels, nimg, self.cfg, eng.mode, raw.device)
+        eng.set_precision(eng.mode)  # Re-applies the mode's TF32 switches.
+        if result is None:
+            return
+        ratio, text = result
+        log(nimg, {"Precision/error_over_signal": ratio})
+        self.say(f"WARNING: {text}: the rounding noise exceeds the signal ECT learns from. Fix: use "
+                 "engine.precision=fp16 or tf32 for this stage (engine.precision_schedule; docs/precision.md)"
+                 if ratio > 1 else text)
+
+    def after_step(self, step_sec: float) -> None:
+        if self.compile_pending:
+            self.compile_pending = False
+            self.say(f"compile: the first {self.engine.mode} step took {step_sec:.1f} s including torch.compile "
+                     f"(cache: {self.compile_cache or 'torch default'})")
