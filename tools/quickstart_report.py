@@ -36,6 +36,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/quickstart", help="the quickstart's output folder")
     ap.add_argument("--ect-ema", default="power-0.050", help="which ECT EMA to evaluate (the file name's profile)")
+    ap.add_argument("--ect", default=None, metavar="DIR", help="the ECT run folder (default: <run>/ect)")
+    ap.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: <run>/report)")
     ap.add_argument("--num", type=int, default=500, help="samples per row (and real images in the floor row)")
     ap.add_argument("--t-mid", type=float, default=None, help="ECT's 2-step time (default: the ECT run's ect.t_mid)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -58,8 +60,9 @@ def main(argv=None) -> int:
     t0, device, run = time.perf_counter(), torch.device("cpu"), args.run
     try:
         teacher_path = latest(os.path.join(run, "teacher", "ema", "*.safetensors"), "teacher EMA")
-        ect_path = latest(os.path.join(run, "ect", "ema", f"*-{args.ect_ema}.safetensors"), f"ECT EMA '{args.ect_ema}'")
-        t_mid = args.t_mid or load_config(os.path.join(run, "ect", "config.yaml")).ect.t_mid[0]
+        ect_dir = args.ect or os.path.join(run, "ect")
+        ect_path = latest(os.path.join(ect_dir, "ema", f"*-{args.ect_ema}.safetensors"), f"ECT EMA '{args.ect_ema}'")
+        t_mid = args.t_mid or load_config(os.path.join(ect_dir, "config.yaml")).ect.t_mid[0]
         detector = ClassifierDetector(os.path.join(run, "classifier.safetensors"), device)
         images, labels, _ = decoded_shards(os.path.join(run, "data", "manifest.json"))
         teacher, _, encoder = load_for_eval(teacher_path, device)
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     score_rows(rows, encoder, detector, ref, num, device)
     baseline = rows[1]
     table = format_rows(rows, baseline)
-    out_dir = os.path.join(run, "report")
+    out_dir = args.out or os.path.join(run, "report")
     grids = write_grids(out_dir, rows, images, labels, half_b, encoder, device)
     report = {"rows": to_json(rows, baseline), "num": num, "reference": f"{len(half_a)} real images (half A)",
               "teacher": teacher_path, "ect": ect_path, "classifier": detector.describe(),
