@@ -26,9 +26,17 @@ class PrecisionControl:
         self.compile_pending = cfg.engine.compile
         self.checked_stage = -1
         self.say = print
+        self.last_ratio = None  # The latest check's error / signal (reported with the next status line).
 
-    def before_step(self, nimg: int, probe, log) -> None:
-        """`probe()` returns (encoder, raw, labels) of a micro-batch; `log(nimg, scalars)` records a scalar."""
+    def scalars(self) -> dict[str, float]:
+        """Scalars for the status report: the mode (0 bf16, 1 fp16, 2 tf32, 3 fp32) and the last check."""
+        out = {"Precision/mode": float(("bf16", "fp16", "tf32", "fp32").index(self.engine.mode))}
+        if self.last_ratio is not None:
+            out["Precision/error_over_signal"] = self.last_ratio
+        return out
+
+    def before_step(self, nimg: int, probe) -> None:
+        """`probe()` returns (encoder, raw, labels) of a micro-batch to measure on."""
         mode = mode_at(nimg, self.cfg)
         stage = stage_at(nimg, self.cfg.ect)
         if mode != self.engine.mode:
@@ -39,9 +47,9 @@ class PrecisionControl:
                      + ("; the network compiles once for it" if self.cfg.engine.compile else ""))
         if self.cfg.engine.precision_check and self.cfg.ect.objective == "ect" and stage != self.checked_stage:
             self.checked_stage = stage
-            self._check(nimg, probe, log)
+            self._check(nimg, probe)
 
-    def _check(self, nimg: int, probe, log) -> None:
+    def _check(self, nimg: int, probe) -> None:
         encoder, raw, labels = probe()
         eng = self.engine
         result = stage_check(eng.module, encoder, raw, labels, nimg, self.cfg, eng.mode, raw.device)
@@ -49,7 +57,7 @@ class PrecisionControl:
         if result is None:
             return
         ratio, text = result
-        log(nimg, {"Precision/error_over_signal": ratio})
+        self.last_ratio = ratio
         self.say(f"WARNING: {text}: the rounding noise exceeds the signal ECT learns from. Fix: use "
                  "engine.precision=fp16 or tf32 for this stage (engine.precision_schedule; docs/precision.md)"
                  if ratio > 1 else text)

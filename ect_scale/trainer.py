@@ -213,7 +213,7 @@ class Trainer:
         cfg, eng = self.cfg, self.engine
         nimg = self.state.nimg
         lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
-        self.precision.before_step(nimg, self._probe, self.monitor.log)
+        self.precision.before_step(nimg, self._probe)
         t0 = time.time()
         if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # New iteration: earlier CUDA-graph outputs may be reused.
@@ -287,6 +287,7 @@ class Trainer:
             "Progress/kimg": nimg / 1000,
             "Progress/skipped_steps": float(self.state.skipped_steps),
         })
+        scalars.update(self.precision.scalars())
         if self.engine.scaler is not None:
             scalars["Precision/loss_scale"] = self.engine.scaler.scale
         if self.peak:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Turn an image source into WebDataset tar shards plus manifest.json on any fsspec URL (local, s3://, gs://, ...).
 
-    # The quickstart's data (launchers/quickstart.sh has its exact command): scikit-learn's 8x8 digits as
-    # grayscale pixels at their native resolution (no download).
+    # The data of launchers/quickstart.sh (its exact command is there):
+    # scikit-learn's 8x8 digits as grayscale pixels at their native resolution (no download).
     python tools/make_shards.py --source sklearn-digits --out data/digits --resolution 8 --pixels --grayscale
 
     # ImageNet-512 as SD-VAE latents (posterior mean and std, float16), 8 writers, straight to S3.

@@ -37,6 +37,8 @@ class PixelConverter(RawConverter):
     """uint8 RGB [N,H,W,3] -> uint8 [N,3,H,W] (pixel-space models, e.g. ImageNet-64), or with `grayscale` the
     luma [N,1,H,W] (ITU-R 601 weights, as PIL's convert('L'); the quickstart's digits)."""
 
+    channels = 3
+
     def __init__(self, grayscale: bool = False):
         self.channels = 1 if grayscale else 3
 

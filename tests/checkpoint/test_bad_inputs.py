@@ -19,6 +19,8 @@ from tests.checkpoint.common import assert_states_equal, losses, make_cfg, snaps
 from tests.distributed import run_ranks
 from tests.engine.common import ListStream
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 STAGE = 2
 CKPT = {"checkpoint.interval_nimg": 8, "checkpoint.keep_last": 10}
 

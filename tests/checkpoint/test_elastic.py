@@ -13,6 +13,8 @@ from ect_scale.checkpoint.storage import staging_root
 from tests.checkpoint.common import assert_states_equal, train
 from tests.distributed import run_ranks
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 STAGE, PRECISION = 3, "bf16"
 
 

@@ -3,12 +3,15 @@
   * equal, up to ZeRO's reduction-order noise, to a single-process reference that trains the same global batch and
     averages its weights with EDM2's power-function beta and a traditional beta."""
 
+import pytest
 import torch
 
 from ect_scale.ema import power_beta
 from tests.distributed import run_ranks
 from tests.engine.common import initial_net, micro_loss, tiny_cfg
 from ect_scale.networks import forced_weight_norm_
+
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
 STEPS, STDS, BETA = 4, (0.05, 0.1), 0.9
 EMA_ARGS = {"ema.stds": "[0.05,0.1]", "ema.beta": BETA}

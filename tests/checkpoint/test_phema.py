@@ -76,6 +76,7 @@ def _train_and_export(rank, world_size, run_dir):
     return {p: trainer.ema_nets_state(p) for p in trainer.ema.profiles}
 
 
+@pytest.mark.slow
 def test_phema_tool_reproduces_a_directly_tracked_ema(tmp_path, capsys):
     from ect_scale.netfile import load_network_file
 

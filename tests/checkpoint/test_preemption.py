@@ -1,6 +1,7 @@
 """Preemption through the real launcher (one CPU process): SIGTERM mid-run -> a checkpoint at the next step
 boundary and a clean exit; re-running the command resumes there and ends bit-identical to an uninterrupted run."""
 
+import pytest
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import yaml
 from tests.checkpoint.common import assert_states_equal, losses
 from tests.conftest import REPO
 from tests.distributed import free_port
+
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
 CONFIG = {
     "network": {"preset": "tiny-latent", "compute_dtype": "float32", "dropout": 0.2},

@@ -11,6 +11,8 @@ import torch
 from tests.checkpoint.common import assert_states_equal, load_tool, losses, train
 from tests.distributed import run_ranks
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 STAGE, PRECISION = 1, "bf16"
 SLICED = {"train.slice_nimg": 16, "checkpoint.interval_nimg": 8, "checkpoint.keep_last": 1,
           "checkpoint.keep_every_nimg": 16}

@@ -9,6 +9,8 @@ from tests.checkpoint.common import assert_states_equal, make_cfg, snapshot
 from tests.distributed import free_port, run_ranks
 from tests.engine.common import ListStream
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 
 def _trainer(rank, run_dir, dest, staging, **extra):
     from ect_scale.trainer import Trainer

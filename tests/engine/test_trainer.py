@@ -10,6 +10,8 @@ import torch
 from tests.distributed import run_ranks
 from tests.engine.common import ListStream, tiny_cfg
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 
 def _run_trainer(rank, world_size, run_dir, batch_gpu, nan_at, extra):
     from ect_scale.trainer import Trainer

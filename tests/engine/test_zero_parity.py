@@ -7,6 +7,8 @@ import torch
 from tests.distributed import run_ranks
 from tests.engine.common import initial_net, micro_loss, reference_run, tiny_cfg
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 STEPS = 3
 
 

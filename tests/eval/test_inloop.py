@@ -64,7 +64,9 @@ def test_inloop_fid_matches_independent_computation_and_writes_tensorboard(tmp_p
 
     grids = evaluator.last_grids
     assert set(grids) == {f"Samples/{s}/{n}" for s in ("1step", "2step") for n in nets}
-    assert all(g.dtype == torch.uint8 and tuple(g.shape) == (3, 32, 32) for g in grids.values())
+    # 2 x 2 samples of 16 px, magnified 2x to 32 px cells, with 2 px grey gutters around and between them.
+    assert all(g.dtype == torch.uint8 and tuple(g.shape) == (3, 70, 70) and (g[:, 0] == 128).all()
+               for g in grids.values())
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == set(results)

@@ -56,6 +56,7 @@ def workspace(tmp_path_factory, detector_files):
     return {"root": root, "ref": str(root / "ref.pkl"), "net": str(root / "ema-0.050.safetensors"), **detector_files}
 
 
+@pytest.mark.slow
 def test_fid_ref_two_ranks_equal_one_rank_and_compare(workspace, capsys):
     ws = workspace
     one = load_reference(ws["ref"])
@@ -97,6 +98,7 @@ def _eval_args(ws, out, *extra):
             "--steps", "1,2", "--t-mid", "1.0", "--batch-gpu", "3", "--out", str(out), "--progress", "plain", *extra]
 
 
+@pytest.mark.slow
 def test_evaluate_launcher_json_tensorboard_and_world_size_invariance(workspace):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -190,6 +192,7 @@ def test_search_tmid_reports_the_best_value(workspace):
     assert search.refine_around([2.0, 1.0, 0.5], 1.0, n=2) == pytest.approx([0.5 * 4 ** (1 / 3), 0.5 * 4 ** (2 / 3)])
 
 
+@pytest.mark.slow
 def test_bench_fid_driver_runs_torchrun_and_reports_json(workspace):
     pytest.importorskip("diffusers")
     args = ["--gpus", "1", "--preset", "tiny-latent", "--vae-config", "tiny", "--inception", workspace["inception"],

@@ -13,6 +13,7 @@ from tests.distributed import free_port
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
 
 
+@pytest.mark.slow
 def test_bench_reports_the_full_step_with_accumulation(tmp_path):
     out = tmp_path / "bench.jsonl"
     cmd = [sys.executable, "launchers/bench.py", "--preset", "tiny-latent", "--batch-gpu", "2", "--accum", "2",

@@ -23,7 +23,7 @@ def test_help_examples_keep_their_line_breaks(script):
 
 
 def _quickstart_shards() -> tuple[int, int]:
-    text = open(os.path.join(REPO, "launchers", "quickstart.sh")).read()
+    text = open(os.path.join(REPO, "launchers", "quickstart.sh")).read().replace("\\\n", " ")  # Join continued lines.
     line = next(ln for ln in text.splitlines() if "make_shards.py" in ln and not ln.startswith("#"))
     return int(re.search(r"--resolution (\d+)", line).group(1)), int(re.search(r"--num-shards (\d+)", line).group(1))
 

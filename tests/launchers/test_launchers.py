@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import REPO
 from tests.distributed import free_port
 
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
+
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
 BIN = os.path.dirname(sys.executable)
 
@@ -19,13 +21,14 @@ BIN = os.path.dirname(sys.executable)
 def digits(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     subprocess.run([sys.executable, "tools/make_shards.py", "--source", "sklearn-digits", "--out", str(out),
-                    "--resolution", "16", "--pixels", "--num-shards", "4", "--limit", "512"],
+                    "--resolution", "8", "--pixels", "--grayscale", "--num-shards", "4", "--limit", "512"],
                    cwd=REPO, env=ENV, check=True, capture_output=True, timeout=120)
     return str(out / "manifest.json")
 
 
 def _args(digits, run_dir):
-    return ["launchers/train.py", "--config", "configs/demo-digits-teacher.yaml", f"--data.url={digits}",
+    return ["launchers/train.py", "--config", "configs/demo-digits-teacher.yaml", "--train.batch_size=64",
+            "--train.batch_gpu=32", f"--data.url={digits}",
             f"--run_dir={run_dir}", "--train.total_nimg=128", "--train.status_nimg=64", "--logging.sample_grid=0",
             "--checkpoint.interval_nimg=128", "--data.num_workers=1"]
 
@@ -36,7 +39,7 @@ def _check_run(run_dir, ranks):
     assert all(r["Loss/mean"] == r["Loss/mean"] for r in rows)  # finite
     assert os.path.isdir(os.path.join(run_dir, "checkpoints"))
     log = open(os.path.join(run_dir, "config.yaml")).read()
-    assert "demo-digits16" in log
+    assert "demo-digits8" in log
 
 
 def _run(cmd, timeout=240):

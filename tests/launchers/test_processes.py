@@ -88,4 +88,4 @@ def test_two_single_process_runs_at_once_both_finish(tmp_path):
     for p, (out, err) in zip(runs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
         assert "Finished: 128 images." in out
-        assert "data       synthetic (pixels, 16px, 10 classes)" in out  # Not the recipe's data.url.
+        assert "data       synthetic (pixels, 8px, 10 classes)" in out  # Not the recipe's data.url.

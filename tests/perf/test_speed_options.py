@@ -54,6 +54,7 @@ def test_bf16_compute_tracks_fp32(setup):
     assert float(torch.nn.functional.cosine_similarity(flat, ref, dim=0)) > 0.99  # Same descent direction.
 
 
+@pytest.mark.slow
 def test_compile_matches_eager_and_keeps_masks_shared(setup):
     net, x0, masks = setup
     ref_loss, ref_grads = _loss_and_grads(net, x0, masks)

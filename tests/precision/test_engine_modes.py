@@ -77,15 +77,19 @@ def test_fp16_tracks_fp32_reference(stage, param_dtype):
 
 
 def test_loss_scale_is_invisible_to_the_update_and_the_norm():
-    """fp16 at scale 1 and at 2^12: same gradient norm (unscaled before it is reported and clipped) and the same
-    weights, with clipping active so that a missing unscale would change the update."""
-    extra = {"engine.loss_scale": 1, "optim.grad_clip": 0.05}
+    """fp16 at fixed scales 2^8 and 2^12: the same gradient norm (unscaled before it is reported and clipped) and
+    the same weights, with clipping active, so that a missing unscale (a factor of 16 between the runs) would change
+    the reported norm and the clipping. (Adam is almost invariant to a constant gradient factor, so the norm is
+    what exposes a wrong scale.)"""
+    extra = {"engine.loss_scale": 256, "optim.grad_clip": 0.05}
     plain = run_ranks(_worker, 2, args=(1, "fp16", extra), timeout=300)[0]
     scaled = run_ranks(_worker, 2, args=(1, "fp16", {**extra, "engine.loss_scale": 4096}), timeout=300)[0]
-    assert scaled["scales"] == [4096.0] * STEPS
-    assert scaled["norms"] == pytest.approx(plain["norms"], rel=1e-3)
+    assert plain["scales"] == [256.0] * STEPS and scaled["scales"] == [4096.0] * STEPS
+    # fp16 rounding differs between the scales (small gradients fall into fp16's subnormals at 2^8), and Adam
+    # carries it into the next step: ~1e-3. A missing or doubled unscale would be off by 16x.
+    assert scaled["norms"] == pytest.approx(plain["norms"], rel=1e-2)
     assert min(plain["norms"]) > 0.05  # Clipping was active in every step.
-    assert _drift(scaled["state"], plain["state"]) < 1e-4
+    assert _update_error(scaled["state"], plain["state"], tiny_cfg(1, "fp32")) < 0.02
 
 
 def test_overflow_skips_on_every_rank_and_halves_the_scale():
@@ -104,10 +108,41 @@ def test_tf32_mode_is_fp32_on_cpu_and_matches_reference():
     r0 = run_ranks(_worker, 2, args=(1, "tf32", {}), timeout=300)[0]
     assert r0["module_dtype"] == "torch.float32"
     assert r0["losses"] == pytest.approx(ref_losses, rel=1e-5)
-    assert _drift(r0["state"], ref_state) < 1e-4
+    assert _update_error(r0["state"], ref_state, tiny_cfg(1, "fp32")) < 1e-3  # fp32 reduction-order noise only.
 
 
-def test_calibration_bf16():
-    ref_state, ref_losses = reference_run(tiny_cfg(1, "fp32"), world_size=2, steps=STEPS)
-    r0 = run_ranks(_worker, 2, args=(1, "bf16", {}), timeout=300)[0]
-    print("bf16 update error", _update_error(r0["state"], ref_state, tiny_cfg(1, "fp32")), r0["losses"], ref_losses)
+
+def _schedule_run(rank, world_size, run_dir, slice_nimg):
+    import io
+    from contextlib import redirect_stdout
+
+    from ect_scale.trainer import Trainer
+    from tests.engine.common import ListStream
+
+    extra = {"checkpoint.interval_nimg": 16, "train.total_nimg": 32, "train.status_nimg": 8, "ema.export_nimg": 0,
+             "logging.progress": "plain", "ect.stage_nimg": 16, "engine.precision_schedule": "[1:fp16]",
+             "train.slice_nimg": slice_nimg, "engine.loss_scale_window_nimg": 8, "run_dir": run_dir}
+    cfg = tiny_cfg(1, "bf16", batch_size=8, batch_gpu=4, **extra)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        trainer = Trainer(cfg, stream=ListStream(rank, 4))
+        if trainer.state.nimg == 0:
+            trainer.engine.scaler.scale = 2.0**6  # The tiny net overflows at 2^16; start where it does not.
+        start = trainer.engine.scaler.state_dict()
+        state = trainer.run()
+    return {"log": out.getvalue(), "mode": trainer.engine.mode, "scaler": trainer.engine.scaler.state_dict(),
+            "start": start, "state": state.state_dict()}
+
+
+def test_schedule_switches_logs_and_resumes(tmp_path):
+    """bf16 for stage 0, fp16 from stage 1 (at 16 images): the switch is logged, the stage checks run, and a run
+    stopped after the switch resumes in fp16 with its loss-scaler state."""
+    first = run_ranks(_schedule_run, 2, args=(str(tmp_path), 24), timeout=300)[0]
+    assert "precision: bf16 -> fp16 at 16 images (stage 1)" in first["log"]
+    assert "precision check, stage 0 (bf16)" in first["log"] and "precision check, stage 1 (fp16)" in first["log"]
+    assert first["mode"] == "fp16" and first["state"]["nimg"] == 24
+    assert first["state"]["loss_scaler"] == first["scaler"] and first["scaler"]["scale"] > 2.0**6  # It grew.
+    resumed = run_ranks(_schedule_run, 2, args=(str(tmp_path), 0), timeout=300)[0]
+    assert "resumed" in resumed["log"] and resumed["state"]["nimg"] == 32 and resumed["mode"] == "fp16"
+    assert resumed["start"] == first["scaler"]  # The loss scaler came back from the checkpoint.
+    assert "precision: bf16 -> fp16 at 24 images (stage 1)" in resumed["log"]  # The schedule, applied on resume.

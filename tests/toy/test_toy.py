@@ -1,6 +1,10 @@
 """The 2-D toy: ECT's 2-step samples beat the teacher's 2-step samples by a wide margin (CPU, ~1 minute)."""
 
+import pytest
+
 from ect_scale.toy.gmm2d import run_toy
+
+pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
 
 def test_ect_two_step_beats_teacher_two_step():
