@@ -12,6 +12,10 @@ do not outlive the run, and ranks that stop when a peer fails.
 The full traceback always goes to `<log dir>/error-rank<R>.log` (`set_log_dir`, e.g. `<run_dir>/logs`; a temporary
 folder before the run directory is known), and the second line says where. Ranks that did not fail exit within
 seconds (`ect_scale.peers`), and a rank started by the deepspeed launcher or torchrun exits when its launcher dies.
+
+Hangs can be diagnosed: `kill -USR2 <pid>` prints every thread's stack to stderr, and a process still alive
+`procs.EXIT_WATCHDOG_S` after its work ended (`procs.arm_exit_watchdog`, armed when the training loop ends and
+when the body returns) prints them by itself, so a run that does not exit shows where it waits.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Callable, Optional
 from ect_scale import dist, peers
 from ect_scale.config.base import ConfigError
 from ect_scale.errors import UserError, user_error_of
-from ect_scale.procs import exit_with_parent, started_by_launcher
+from ect_scale.procs import arm_exit_watchdog, enable_stack_dumps, exit_with_parent, started_by_launcher
 
 TEARDOWN_S = 10.0  # The longest a failing process spends leaving the process group before it exits anyway.
 
@@ -59,6 +63,7 @@ def run(body: Callable[[], int], program: str) -> int:
         exit_with_parent(pdeathsig=False)
     peers.enable(_note_peer_failure)
     _show_package_logs()
+    enable_stack_dumps()
     try:
         code = body()
     except KeyboardInterrupt:
@@ -68,8 +73,10 @@ def run(body: Callable[[], int], program: str) -> int:
         return _teardown(130)
     except Exception as exc:  # noqa: BLE001 - SystemExit (argparse, --help) passes through
         return _fail(exc)
+    arm_exit_watchdog()
     dist.shutdown()
     return code
+
 
 
 def _fail(exc: BaseException) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import os
 import signal
 import sys
@@ -56,3 +57,19 @@ def _watch(parent: int, interval_s: float) -> None:
 def started_by_launcher() -> bool:
     """Whether this process is a rank started by the deepspeed launcher or torchrun (which set these variables)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "CROSS_RANK" in os.environ
+
+
+EXIT_WATCHDOG_S = 120.0  # A process still alive this long after its work ended prints every thread's stack.
+
+
+def enable_stack_dumps() -> None:
+    """`kill -USR2 <pid>` prints every thread's stack (SIGUSR1 is the trainer's preemption signal)."""
+    if hasattr(signal, "SIGUSR2") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+
+def arm_exit_watchdog(timeout_s: float = EXIT_WATCHDOG_S) -> None:
+    """From now on, if this process is still alive after `timeout_s`, print every thread's stack to stderr (once; the
+    process goes on). Called when the work is done, so that a shutdown that hangs shows where. Re-arming restarts
+    the clock."""
+    faulthandler.dump_traceback_later(timeout_s, repeat=False, exit=False)

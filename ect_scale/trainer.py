@@ -29,6 +29,7 @@ from ect_scale.networks import build_network, forced_weight_norm_
 from ect_scale.networks.flops import model_stats
 from ect_scale.precision_control import PrecisionControl, precision_text
 from ect_scale.prefetch import DevicePrefetcher
+from ect_scale.procs import arm_exit_watchdog
 
 
 @dataclass
@@ -193,6 +194,7 @@ class Trainer:
                     self.export_emas()
             self.monitor.print(*run_summary(self, time.time() - session_start))
         finally:
+            arm_exit_watchdog()  # A shutdown that hangs (data workers, TensorBoard, ...) shows its stacks.
             self.monitor.close()
             self.stream.close()
         return self.state

@@ -48,3 +48,25 @@ def test_the_child_exits_when_its_parent_is_killed(pdeathsig):
         for pid in (grandchild,):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+HANGS = ("import sys, threading, time; sys.path.insert(0, {repo!r}); from ect_scale import procs; "
+         "procs.enable_stack_dumps(); {arm}; threading.Event().wait({wait})")
+
+
+def test_exit_watchdog_prints_where_a_finished_process_waits():
+    code = HANGS.format(repo=str(REPO), arm="procs.arm_exit_watchdog(0.5)", wait=3)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0  # The watchdog only reports; the process goes on.
+    assert "Timeout (0:00:00.500000)!" in res.stderr and "threading.py" in res.stderr, res.stderr
+
+
+def test_sigusr2_prints_the_stacks_on_demand():
+    code = HANGS.format(repo=str(REPO), arm="print('ready', flush=True)", wait=30)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGUSR2)
+    time.sleep(1.0)
+    proc.kill()
+    _, err = proc.communicate(timeout=30)
+    assert "Current thread" in err and "threading.py" in err, err
