@@ -4,15 +4,19 @@
 #   1. digits at 16x16 -> shards; the offline metric's classifier and its reference statistics;
 #   2. an EDM2-S teacher pretrained here with EDM2's diffusion loss (benchmarks/abc/teacher.yaml);
 #   3. three ECT runs from it at once, same data and seeds, through the last stage: bf16 and tf32 eager, fp16
-#      compiled with CUDA graphs + in-loop FD_classifier, stopped at the half (slice) and resumed;
+#      compiled with CUDA graphs + in-loop FD_classifier, stopped at the half (slice) and resumed (its log lines are
+#      time-stamped, to see how long a stopped run takes to exit);
 #   4. FD_classifier of the teacher (Heun 32) and of each run's EMA (1 and 2 steps); the gradient's rounding error
 #      per stage (tools/precision_report.py --grads) on the teacher and on the fp16 run's final EMA.
+# The GPU tests of the precision modes (pytest -m gpu) run alongside steps 1-2. Sized for one 600 s device call:
+# the teacher and the ECT runs export their EMAs periodically and are stopped by a time limit if they run long.
 # SMOKE=1 runs the same pipeline with a tiny network on the CPU (seconds of training), to check the script.
 set -uo pipefail
 source benchmarks/env.sh; round_env round13b
 export TORCHINDUCTOR_COMPILE_THREADS=6
 R=$O/abc; mkdir -p "$R"
-NET=(); TEACH=(--train.total_nimg=192000); ECTN=(); EV=5000
+NET=(); TEACH=(--train.total_nimg=256000 --ema.export_nimg=25600); ECTN=(--ema.export_nimg=16384); EV=5000
+TEACH_S=${TEACH_S:-150}; ECT_S=${ECT_S:-280}
 if [[ "${SMOKE:-0}" == 1 ]]; then
   NET=(--network.model_channels=16 --network.channel_mult=[1,2] --network.num_blocks=1 --network.attn_resolutions=[8]
        --network.channels_per_head=16)
@@ -21,9 +25,14 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
         --ema.export_nimg=512 --checkpoint.interval_nimg=512)
   EV=200
 fi
-HALF=$([[ "${SMOKE:-0}" == 1 ]] && echo 512 || echo 24576)
+HALF=$([[ "${SMOKE:-0}" == 1 ]] && echo 512 || echo 32768)
 say() { echo "[$(date +%T)] $*"; }
 
+stamp() { while IFS= read -r l; do printf '%(%T)T %s\n' -1 "$l"; done; }
+if [[ "${SMOKE:-0}" != 1 ]]; then
+  ( timeout 280 python3 -m pytest -q -m gpu -p no:cacheprovider tests/precision/test_gpu_modes.py -s \
+      > "${OUT:-/tmp}/pytest-gpu.txt" 2>&1; say "pytest -m gpu rc=$? $(tail -1 "${OUT:-/tmp}/pytest-gpu.txt")" ) &
+fi
 say "data, classifier, reference statistics"
 python3 tools/make_shards.py --source sklearn-digits --out "$R/data" --resolution 16 --pixels --grayscale \
   --num-shards 16 --progress-s 600 > "$R/shards.log" 2>&1 || { echo "shards failed"; tail -5 "$R/shards.log"; }
@@ -32,7 +41,7 @@ python3 tools/fid_ref.py --shards "$R/data/manifest.json" --classifier "$R/class
   --metrics fd_classifier --progress none > "$R/ref.log" 2>&1; echo "ref rc=$?"
 
 say "teacher"
-MASTER_PORT=29610 timeout 240 python3 launchers/train.py --config benchmarks/abc/teacher.yaml --run_dir="$R/teacher" \
+MASTER_PORT=29610 timeout $TEACH_S python3 launchers/train.py --config benchmarks/abc/teacher.yaml --run_dir="$R/teacher" \
   --data.url="$R/data/manifest.json" "${NET[@]}" "${TEACH[@]}" > "$R/teacher.log" 2>&1; echo "teacher rc=$?"
 grep -E "^kimg" "$R/teacher.log" | tail -2
 TEACHER=$(ls "$R"/teacher/ema/*.safetensors | tail -1)
@@ -43,32 +52,35 @@ FAST=(--engine.compile=true --engine.compile_mode=reduce-overhead --engine.chann
       --eval.interval_nimg=$HALF --eval.metrics=[fd_classifier] --eval.classifier_path="$R/classifier.safetensors"
       --eval.ref_stats="$R/ref.npz" --eval.num_samples=2000 --eval.batch_gpu=500 --train.slice_nimg=$HALF)
 run() { local port=$1 mode=$2; shift 2
-  MASTER_PORT=$port timeout 420 python3 launchers/train.py "${COMMON[@]}" --run_dir="$R/ect-$mode" \
-    --engine.precision=$mode "$@" >> "$R/ect-$mode.log" 2>&1; echo "ect-$mode rc=$?"; }
+  MASTER_PORT=$port timeout $((ECT_END - SECONDS)) python3 launchers/train.py "${COMMON[@]}" --run_dir="$R/ect-$mode" \
+    --engine.precision=$mode "$@" 2>&1 | stamp >> "$R/ect-$mode.log"; say "ect-$mode rc=${PIPESTATUS[0]}"; }
+ECT_END=$((SECONDS + ECT_S))
 run 29611 bf16 &
 run 29612 tf32 &
 ( run 29613 fp16 "${FAST[@]}"; say "fp16: resuming"; run 29613 fp16 "${FAST[@]}" ) &
 wait
-grep -hE "compile:|precision|Stopping|resumed|eval\]" "$R"/ect-fp16.log | cut -c1-220
+grep -hE "compile:|precision|Stopping|Stopped at|Finished|resumed|eval\]|Timeout" "$R"/ect-fp16.log | cut -c1-220
 
-say "evaluation (FD_classifier, $EV samples)"
+say "evaluation (FD_classifier, $EV samples) and rounding error per stage (forward and gradient), side by side"
 EVAL=(--classifier "$R/classifier.safetensors" --ref "$R/ref.npz" --num-samples $EV --batch-gpu 500 --progress none)
-python3 launchers/evaluate.py --net "$TEACHER" --sampler heun --heun-steps 32 "${EVAL[@]}" --out "$R/eval-teacher.json" \
-  > "$R/eval-teacher.log" 2>&1; echo "eval teacher rc=$?"
+ev() { local name=$1; shift; python3 launchers/evaluate.py "$@" "${EVAL[@]}" --out "$R/eval-$name.json" \
+  > "$R/eval-$name.log" 2>&1; say "eval $name rc=$?"; }
+ev teacher --net "$TEACHER" --sampler heun --heun-steps 32 &
 for m in bf16 tf32 fp16; do
   for ema in power-0.050 power-0.100; do
     f=$(ls "$R"/ect-$m/ema/*-$ema.safetensors 2>/dev/null | tail -1)
-    [[ -n "$f" ]] && python3 launchers/evaluate.py --net "$f" --steps 1,2 --t-mid 1.526 "${EVAL[@]}" \
-      --out "$R/eval-$m-$ema.json" > "$R/eval-$m-$ema.log" 2>&1; echo "eval $m $ema rc=$?"
+    [[ -n "$f" ]] && ev $m-$ema --net "$f" --steps 1,2 --t-mid 1.526 &
   done
 done
-
-say "rounding error per stage (forward and gradient)"
 python3 tools/precision_report.py --net "$TEACHER" --config benchmarks/abc/ect.yaml --stages 0,1,2,3 --grads \
-  --modes bf16,fp16,fp16@bf16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-teacher.json" 2>&1 | tail -24
+  --modes bf16,fp16,fp16@bf16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-teacher.json" \
+  > "$R/prec-teacher.txt" 2>&1 &
 F16=$(ls "$R"/ect-fp16/ema/*-power-0.100.safetensors 2>/dev/null | tail -1)
 [[ -n "$F16" ]] && python3 tools/precision_report.py --net "$F16" --config benchmarks/abc/ect.yaml --stages 3 --grads \
-  --modes bf16,fp16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-ect-fp16.json" 2>&1 | tail -8
+  --modes bf16,fp16,tf32 --samples 64 --data "$R/data/manifest.json" --out "$R/prec-ect-fp16.json" \
+  > "$R/prec-ect-fp16.txt" 2>&1 &
+wait
+tail -24 "$R/prec-teacher.txt"; tail -8 "$R/prec-ect-fp16.txt" 2>/dev/null
 
 say "collect"
 python3 - "$R" <<'EOF'

@@ -4,6 +4,8 @@ TF32 off, in units of the pseudo-Huber c; optionally the gradient's rounding err
 
 A mode name may carry '@bf16' ('fp16@bf16'): the network's weights are first rounded to bfloat16, as with the bf16
 parameter copy that `engine.param_dtype: auto` keeps, and the reference still uses the exact fp32 weights.
+With `compiled=True` the modes run through `torch.compile` (inductor, no CUDA graphs: the same kernels as compiled
+training's forward, one compile per mode); the fp32 reference stays eager.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ def bf16_weights(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def report(net, x0: torch.Tensor, labels, ect: ECTConfig, stages: Sequence[int], t_grid: Sequence[float],
-           modes: Sequence[str], grads: bool = False, grad_batches: Optional[list] = None) -> dict:
-    """Rows {stage, dt_over_t, t, r, signal, c, errors{mode}, ratios{mode}} and per-stage gradient noise."""
+           modes: Sequence[str], grads: bool = False, grad_batches: Optional[list] = None,
+           compiled: bool = False) -> dict:
+    """Rows {stage, dt_over_t, t, r, signal, c, errors{mode}, ratios{mode}} and per-stage gradient noise (the
+    gradients are measured eagerly)."""
     nets = {m: bf16_weights(net) for m in modes if m.endswith("@bf16")}
+    if compiled:
+        nets = {m: torch.compile(nets.get(m, net), dynamic=False) for m in modes}
     masks = net.sample_dropout_masks(x0.shape[0], torch.Generator(device=x0.device).manual_seed(1), device=x0.device)
     rows, grad_rows = [], []
     for stage in stages:
@@ -53,7 +59,7 @@ def report(net, x0: torch.Tensor, labels, ect: ECTConfig, stages: Sequence[int],
             plain = [m for m in modes if "@" not in m]
             noise = gradient_noise(net, ECTLoss(ect), grad_batches or [(x0, labels)], nimg, plain)
             grad_rows.append({"stage": stage, **noise})
-    return {"rows": rows, "gradients": grad_rows, "modes": list(modes)}
+    return {"rows": rows, "gradients": grad_rows, "modes": list(modes), "compiled": compiled}
 
 
 def last_stage_summary(result: dict, reference_mode: str = "tf32") -> dict[str, float]:

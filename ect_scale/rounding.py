@@ -41,11 +41,15 @@ def _eager():
 @torch.no_grad()
 def delta(net, x0: torch.Tensor, labels, t: float, r: float, eps: torch.Tensor, mode: str,
           masks: Optional[dict] = None) -> torch.Tensor:
-    """f(x_t, t) - f(x_r, r) in `mode`, float32 [N,C,H,W] (same noise and dropout masks in both passes)."""
+    """f(x_t, t) - f(x_r, r) in `mode`, float32 [N,C,H,W] (same noise and dropout masks in both passes).
+
+    `net` may be a `torch.compile`d module: it then runs compiled (its kernels, e.g. fused element-wise chains that
+    keep fp32 intermediates, are what compiled training runs); a plain module is forced to run eagerly."""
     n = x0.shape[0]
     tt = torch.full((n,), float(t), device=x0.device)
     rr = torch.full((n,), float(r), device=x0.device)
-    with precision_mode(net, mode), _eager():
+    compiled = hasattr(net, "_orig_mod")
+    with precision_mode(getattr(net, "_orig_mod", net), mode), (contextlib.nullcontext() if compiled else _eager()):
         f_t = net(x0 + t * eps, tt, labels, dropout_masks=masks).to(torch.float32)
         f_r = net(x0 + r * eps, rr, labels, dropout_masks=masks).to(torch.float32)
     return f_t - f_r
@@ -57,8 +61,9 @@ def _norms(x: torch.Tensor) -> torch.Tensor:
 
 def measure(net, x0: torch.Tensor, labels, t: float, r: float, modes: Sequence[str], seed: int = 0,
             masks: Optional[dict] = None, reference: str = "fp32", nets: Optional[dict] = None) -> list[RoundingStats]:
-    """Signal and rounding error of each mode at one (t, r), against `reference` computed by `net` on the same
-    inputs. `nets` maps a mode name to another network to run it with (e.g. bf16-rounded weights, 'fp16@bf16')."""
+    """Signal and rounding error of each mode at one (t, r), against `reference` computed by `net` (eagerly) on the
+    same inputs. `nets` maps a mode name to another network to run it with (bf16-rounded weights for 'fp16@bf16',
+    or a `torch.compile`d `net`)."""
     gen = torch.Generator(device=x0.device).manual_seed(seed)
     eps = torch.randn(x0.shape, generator=gen, device=x0.device)
     ref = delta(net, x0, labels, t, r, eps, reference, masks)

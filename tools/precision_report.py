@@ -8,6 +8,8 @@ both against the recipe's pseudo-Huber c. See docs/precision.md for what the num
         --config configs/ect-img512-s.yaml --data s3://bucket/imagenet512-sdvae/manifest.json --out prec.json
     # A preset with random weights (output and embedding gains set non-zero so the network is not the identity):
     python tools/precision_report.py --preset edm2-img512-xl --gain 1 --config configs/ect-img512-xl.yaml
+    # The numerics of compiled training (inductor kernels; one compile per mode), last stage only:
+    python tools/precision_report.py --preset edm2-img512-s --config configs/ect-img512-s.yaml --stages 3 --compile
     # Small nets on a CPU, with the gradient's rounding error against minibatch noise:
     python tools/precision_report.py --net runs/quickstart/ect/ema/... --device cpu --grads --modes bf16,fp16
 
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--samples", type=int, default=8, help="samples per measurement (median over them)")
     ap.add_argument("--data", help="shards manifest to take x0 and labels from (default: Gaussian x0 with std sigma_data)")
     ap.add_argument("--grads", action="store_true", help="also the gradient's rounding error vs minibatch noise")
+    ap.add_argument("--compile", action="store_true", help="run the modes through torch.compile (the kernels of "
+                    "compiled training; one compile per mode); the fp32 reference and --grads stay eager")
     ap.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON report here")
@@ -111,13 +115,13 @@ def main(argv=None) -> int:
         return 2
     x0, labels = batches[0]
     result = report(net, x0, labels, ect, stages, [float(t) for t in args.t.split(",")], modes,
-                    grads=args.grads, grad_batches=batches)
+                    grads=args.grads, grad_batches=batches, compiled=args.compile)
     result.update({"source": args.net or f"{args.preset} (random init, gains {args.gain})", "config": args.config,
                    "samples": args.samples, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                    else platform.processor() or "cpu", "torch": torch.__version__,
                    "last_stage_error_vs_tf32": last_stage_summary(result)})
-    print(f"precision report: {result['source']} on {result['device']} ({args.samples} samples; errors against "
-          "fp32 with TF32 off; medians over samples)")
+    print(f"precision report: {result['source']} on {result['device']} ({args.samples} samples; "
+          f"{'compiled' if args.compile else 'eager'}; errors against eager fp32 with TF32 off; medians over samples)")
     print(format_table(result))
     if result["last_stage_error_vs_tf32"]:
         print("last stage, error relative to tf32 (median over t): " + ", ".join(
