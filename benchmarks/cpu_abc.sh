@@ -5,7 +5,8 @@
 # (tools/precision_report.py --grads). CPUs without native half-precision kernels run bf16/fp16 10-16x slower
 # than fp32, so the ECT runs are a quarter of the quickstart's (4 stages of 1,920 images; override with ECT_NIMG).
 # Usage, after launchers/quickstart.sh has made runs/quickstart:
-#   bash benchmarks/cpu_abc.sh [RUN=runs/quickstart] [OUT=runs/cpu-abc]
+#   [MODES="fp32 fp16 bf16"] bash benchmarks/cpu_abc.sh [RUN=runs/quickstart] [OUT=runs/cpu-abc]
+# Re-running resumes: a finished ECT run is only scored again, and the teacher's report is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/quickstart}; OUT=${2:-runs/cpu-abc}
@@ -13,16 +14,16 @@ source .venv/bin/activate
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 TEACHER=$(ls "$RUN"/teacher/ema/*.safetensors | tail -1)
 mkdir -p "$OUT"
-python tools/precision_report.py --net "$TEACHER" --config configs/demo-digits.yaml --device cpu --grads \
-  --modes bf16,fp16 --samples 16 --data "$RUN/data/manifest.json" --out "$OUT/prec-teacher.json" \
+[[ -f "$OUT/prec-teacher.json" ]] || python tools/precision_report.py --net "$TEACHER" --config configs/demo-digits.yaml \
+  --device cpu --grads --modes bf16,fp16 --samples 16 --data "$RUN/data/manifest.json" --out "$OUT/prec-teacher.json" \
   | tee "$OUT/prec-teacher.txt"
-for p in fp32 fp16 bf16; do
+for p in ${MODES:-fp32 fp16 bf16}; do
   t=$SECONDS
   deepspeed --num_gpus 2 --master_port 29531 launchers/train.py --config configs/demo-digits.yaml --init="$TEACHER" \
     --run_dir="$OUT/ect-$p" --engine.precision=$p --data.url="$RUN/data/manifest.json" \
     --train.total_nimg=$((4 * ${ECT_NIMG:-1920})) --ect.stage_nimg=${ECT_NIMG:-1920} --train.status_nimg=960 \
     --ema.export_nimg=$((2 * ${ECT_NIMG:-1920})) --checkpoint.interval_nimg=$((2 * ${ECT_NIMG:-1920})) \
-    > "$OUT/ect-$p.log" 2>&1
+    >> "$OUT/ect-$p.log" 2>&1
   echo "ect-$p rc=$? in $((SECONDS - t)) s"
   grep -E "^kimg|precision check|WARNING" "$OUT/ect-$p.log" | cut -c1-160
   python tools/quickstart_report.py --run "$RUN" --ect "$OUT/ect-$p" --out "$OUT/report-$p" --threads 2 | tail -9

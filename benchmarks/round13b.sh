@@ -15,8 +15,8 @@ set -uo pipefail
 source benchmarks/env.sh; round_env round13b
 export TORCHINDUCTOR_COMPILE_THREADS=6
 R=$O/abc; mkdir -p "$R"
-NET=(); TEACH=(--train.total_nimg=256000 --ema.export_nimg=25600); ECTN=(--ema.export_nimg=16384); EV=5000
-TEACH_S=${TEACH_S:-150}; ECT_S=${ECT_S:-280}
+NET=(); TEACH=(--train.total_nimg=${TEACH_NIMG:-102400} --ema.export_nimg=25600); ECTN=(--ema.export_nimg=16384); EV=5000
+TEACH_S=${TEACH_S:-200}; ECT_S=${ECT_S:-330}
 if [[ "${SMOKE:-0}" == 1 ]]; then
   NET=(--network.model_channels=16 --network.channel_mult=[1,2] --network.num_blocks=1 --network.attn_resolutions=[8]
        --network.channels_per_head=16)
@@ -50,14 +50,23 @@ say "ECT: bf16, tf32 (eager) and fp16 (compiled, CUDA graphs, in-loop evaluation
 COMMON=(--config benchmarks/abc/ect.yaml --init="$TEACHER" --data.url="$R/data/manifest.json" "${NET[@]}" "${ECTN[@]}")
 FAST=(--engine.compile=true --engine.compile_mode=reduce-overhead --engine.channels_last=true --network.attention=sdpa
       --eval.interval_nimg=$HALF --eval.metrics=[fd_classifier] --eval.classifier_path="$R/classifier.safetensors"
-      --eval.ref_stats="$R/ref.npz" --eval.num_samples=2000 --eval.batch_gpu=500 --train.slice_nimg=$HALF)
+      --eval.ref_stats="$R/ref.npz" --eval.num_samples=2000 --eval.batch_gpu=500)
+[[ "${RESUME:-1}" == 1 ]] && FAST+=(--train.slice_nimg=$HALF)
 run() { local port=$1 mode=$2; shift 2
   MASTER_PORT=$port timeout $((ECT_END - SECONDS)) python3 launchers/train.py "${COMMON[@]}" --run_dir="$R/ect-$mode" \
     --engine.precision=$mode "$@" 2>&1 | stamp >> "$R/ect-$mode.log"; say "ect-$mode rc=${PIPESTATUS[0]}"; }
 ECT_END=$((SECONDS + ECT_S))
 run 29611 bf16 &
 run 29612 tf32 &
-( run 29613 fp16 "${FAST[@]}"; say "fp16: resuming"; run 29613 fp16 "${FAST[@]}" ) &
+( run 29613 fp16 "${FAST[@]}"; [[ "${RESUME:-1}" == 1 ]] && { say "fp16: resuming"; run 29613 fp16 "${FAST[@]}"; } ) &
+if [[ -n "${PREC512:-}" ]]; then  # e.g. PREC512=s,xl: the compiled report at ImageNet-512 shapes meanwhile.
+  ( for p in ${PREC512//,/ }; do
+      timeout $((ECT_END - SECONDS)) python3 tools/precision_report.py --preset edm2-img512-$p --gain 1 \
+        --config configs/ect-img512-$p.yaml --stages 3 --modes bf16,fp16,tf32 --compile \
+        --out "${OUT:-/tmp}/prec512-$p-compiled.json" > "${OUT:-/tmp}/prec512-$p-compiled.txt" 2>&1
+      say "compiled precision report $p rc=$?"
+    done ) &
+fi
 wait
 grep -hE "compile:|precision|Stopping|Stopped at|Finished|resumed|eval\]|Timeout" "$R"/ect-fp16.log | cut -c1-220
 

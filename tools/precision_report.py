@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     try:
-        cfg = load_config(args.config) if args.config else None
+        # Only the recipe's ECT schedule and duration are used: its data need not be reachable from here.
+        cfg = load_config(args.config, ["--data.kind=synthetic"]) if args.config else None
         ect = cfg.ect if cfg is not None else ECTConfig()
         stages = ([int(s) for s in args.stages.split(",")] if args.stages else
                   list(range(stage_count(ect, cfg.train.total_nimg if cfg else None))))
