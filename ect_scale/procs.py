@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Optional
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -59,17 +60,36 @@ def started_by_launcher() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "CROSS_RANK" in os.environ
 
 
-EXIT_WATCHDOG_S = 120.0  # A process still alive this long after its work ended prints every thread's stack.
+# A process still alive this long after its work ended prints every thread's stack; 0 turns it off (the tests do:
+# they call entry points in-process and go on running).
+EXIT_WATCHDOG_S = float(os.environ.get("ECT_SCALE_EXIT_WATCHDOG_S", "120"))
+
+
+def _stderr_with_fd():
+    """sys.stderr if it is backed by a file descriptor (faulthandler writes to one), else the process's original
+    stderr; None if neither is (then no stacks are printed)."""
+    for f in (sys.stderr, sys.__stderr__):
+        try:
+            if f is not None:
+                f.fileno()
+                return f
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError.
+            continue
+    return None
 
 
 def enable_stack_dumps() -> None:
     """`kill -USR2 <pid>` prints every thread's stack (SIGUSR1 is the trainer's preemption signal)."""
-    if hasattr(signal, "SIGUSR2") and threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    out = _stderr_with_fd()
+    if out is not None and hasattr(signal, "SIGUSR2") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR2, file=out, all_threads=True)
 
 
-def arm_exit_watchdog(timeout_s: float = EXIT_WATCHDOG_S) -> None:
-    """From now on, if this process is still alive after `timeout_s`, print every thread's stack to stderr (once; the
-    process goes on). Called when the work is done, so that a shutdown that hangs shows where. Re-arming restarts
-    the clock."""
-    faulthandler.dump_traceback_later(timeout_s, repeat=False, exit=False)
+def arm_exit_watchdog(timeout_s: Optional[float] = None) -> None:
+    """From now on, if this process is still alive after `timeout_s` (default `EXIT_WATCHDOG_S`, from the
+    environment variable ECT_SCALE_EXIT_WATCHDOG_S; 0 = off), print every thread's stack to stderr (once; the process
+    goes on). Called when the work is done, so that a shutdown that hangs shows where. Re-arming restarts the clock."""
+    timeout_s = EXIT_WATCHDOG_S if timeout_s is None else timeout_s
+    out = _stderr_with_fd()
+    if out is not None and timeout_s > 0:
+        faulthandler.dump_traceback_later(timeout_s, repeat=False, file=out, exit=False)

@@ -2,8 +2,12 @@
 
 import os
 
-import pytest
-import torch
+# Entry points run in-process here and the test session goes on: no stack dumps of a "finished" process
+# (ect_scale.procs.arm_exit_watchdog; tests/test_procs.py arms it explicitly).
+os.environ.setdefault("ECT_SCALE_EXIT_WATCHDOG_S", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
