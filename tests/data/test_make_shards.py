@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 import make_shards  # noqa: E402
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_digits_to_s3_with_the_cli(s3_bucket, s3_server):
     out = f"{s3_bucket}/digits32"
     cmd = [sys.executable, os.path.join(REPO, "tools", "make_shards.py"), "--source", "sklearn-digits", "--out", out,

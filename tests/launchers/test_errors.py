@@ -16,6 +16,7 @@ from tests.launchers.common import (BIN, ENV, SYNTHETIC, TEACHER, assert_one_lin
                                     make_digits, run)
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_missing_data_manifest(tmp_path):
     manifest = tmp_path / "nowhere" / "manifest.json"
     proc = run(TEACHER + [f"--data.url={manifest}", f"--run_dir={tmp_path}/run"])
@@ -24,6 +25,7 @@ def test_missing_data_manifest(tmp_path):
     assert "Traceback (most recent call last)" in log_of(proc)
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_unreachable_s3_endpoint(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"  # Nothing listens there.
     env = dict(ENV, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
@@ -59,6 +61,7 @@ def test_incompatible_checkpoint(tmp_path):
     assert "optim.lr: 0.01 (checkpoint) -> 0.02 (now). Fix: resume with the checkpoint's values" in line
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_unexpected_exception_keeps_its_traceback(tmp_path):
     proc = run([sys.executable, "tests/launchers/inject.py", "0", "bug", "-1", "--"] + TEACHER[2:] + SYNTHETIC
                + [f"--run_dir={tmp_path}/run", "--checkpoint.enabled=false"])
@@ -113,6 +116,7 @@ def test_a_failure_on_every_rank_is_printed_once(tmp_path):
     assert sorted(os.listdir(tmp_path / "run" / "logs")) == ["error-rank0.log", "error-rank1.log"]
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_tools_report_one_line(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"
     env = dict(ENV, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
@@ -136,6 +140,7 @@ def test_dry_run_lists_every_problem_of_the_512_recipe():
                                        "placeholder")
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_dry_run_passes_when_everything_is_there(tmp_path):
     manifest = make_digits(str(tmp_path / "digits"))
     proc = run(TEACHER + [f"--data.url={manifest}", f"--run_dir={tmp_path}/run", "--dry-run"],

@@ -62,6 +62,7 @@ def test_fixed_classes_per_row_and_heun(net_file, tmp_path):
     assert list(data["labels"]) == [2, 2, 3, 3, 4, 4] and data["images"].shape[0] == 6
 
 
+@pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_errors_are_one_line(net_file, tmp_path):
     proc = _sample("--net", net_file, "--steps", "2", "--grid", str(tmp_path / "x.png"))
     assert proc.returncode == 2 and "--t-mid" in proc.stderr and "Traceback" not in proc.stderr
