@@ -4,12 +4,16 @@
 #   1. digits at 16x16 -> shards; the offline metric's classifier and its reference statistics;
 #   2. an EDM2-S teacher pretrained here with EDM2's diffusion loss (benchmarks/abc/teacher.yaml);
 #   3. three ECT runs from it at once, same data and seeds, through the last stage: bf16 and tf32 eager, fp16
-#      compiled with CUDA graphs + in-loop FD_classifier, stopped at the half (slice) and resumed (its log lines are
-#      time-stamped, to see how long a stopped run takes to exit);
+#      compiled with CUDA graphs + in-loop FD_classifier (its log lines are time-stamped); with RESUME=1 the fp16
+#      run also stops at the half (slice) and resumes, which needs ECT_S=450 and so more than one 600 s call;
 #   4. FD_classifier of the teacher (Heun 32) and of each run's EMA (1 and 2 steps); the gradient's rounding error
 #      per stage (tools/precision_report.py --grads) on the teacher and on the fp16 run's final EMA.
-# The GPU tests of the precision modes (pytest -m gpu) run alongside steps 1-2. Sized for one 600 s device call:
-# the teacher and the ECT runs export their EMAs periodically and are stopped by a time limit if they run long.
+# The GPU tests of the precision modes (pytest -m gpu) run alongside steps 1-2; PREC512=s,xl adds the compiled
+# precision report at ImageNet-512 shapes during step 3. The teacher and the ECT runs export their EMAs
+# periodically and are stopped by a time limit if they run long. The results in docs/precision.md came from
+# `PREC512=s bash benchmarks/round13b.sh`, which needed 600 s of an H200 and was cut off during the last
+# evaluation (the teacher's, taken from an earlier call with the same EMA file): give it 660 s, or run it where
+# a call may last longer.
 # SMOKE=1 runs the same pipeline with a tiny network on the CPU (seconds of training), to check the script.
 set -uo pipefail
 source benchmarks/env.sh; round_env round13b
@@ -51,14 +55,14 @@ COMMON=(--config benchmarks/abc/ect.yaml --init="$TEACHER" --data.url="$R/data/m
 FAST=(--engine.compile=true --engine.compile_mode=reduce-overhead --engine.channels_last=true --network.attention=sdpa
       --eval.interval_nimg=$HALF --eval.metrics=[fd_classifier] --eval.classifier_path="$R/classifier.safetensors"
       --eval.ref_stats="$R/ref.npz" --eval.num_samples=2000 --eval.batch_gpu=500)
-[[ "${RESUME:-1}" == 1 ]] && FAST+=(--train.slice_nimg=$HALF)
+[[ "${RESUME:-0}" == 1 ]] && FAST+=(--train.slice_nimg=$HALF)
 run() { local port=$1 mode=$2; shift 2
   MASTER_PORT=$port timeout $((ECT_END - SECONDS)) python3 launchers/train.py "${COMMON[@]}" --run_dir="$R/ect-$mode" \
     --engine.precision=$mode "$@" 2>&1 | stamp >> "$R/ect-$mode.log"; say "ect-$mode rc=${PIPESTATUS[0]}"; }
 ECT_END=$((SECONDS + ECT_S))
 run 29611 bf16 &
 run 29612 tf32 &
-( run 29613 fp16 "${FAST[@]}"; [[ "${RESUME:-1}" == 1 ]] && { say "fp16: resuming"; run 29613 fp16 "${FAST[@]}"; } ) &
+( run 29613 fp16 "${FAST[@]}"; [[ "${RESUME:-0}" == 1 ]] && { say "fp16: resuming"; run 29613 fp16 "${FAST[@]}"; } ) &
 if [[ -n "${PREC512:-}" ]]; then  # e.g. PREC512=s,xl: the compiled report at ImageNet-512 shapes meanwhile.
   ( for p in ${PREC512//,/ }; do
       timeout $((ECT_END - SECONDS)) python3 tools/precision_report.py --preset edm2-img512-$p --gain 1 \
