@@ -6,6 +6,10 @@
 #   b N LIMIT ARGS...    one `launchers/bench.py ARGS` job on N processes under torchrun (honours
 #                        CUDA_VISIBLE_DEVICES; full log in $O/${LOG:-b}.last); prints the command, rc and JSON line.
 #   collect NAME         copies $O/bench.jsonl and a tarball of $O to $OUT (the device returns at most 8 files).
+#   gated NAME PORT ARGS...  one `launchers/bench.py ARGS` job that compiles alongside others and is timed alone
+#                        (TimingGate in $G with $GATE_N members, limits $JOB_S / $GATE_S); JSON to $R/bench.jsonl,
+#                        log in $O/NAME.log. A job that dies is still counted as ready, so the others do not wait.
+#                        Logs its rc through the calling script's `log`.
 
 device_env() {
   if [[ "${DS_ACCELERATOR:-}" == cpu ]] || ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -37,4 +41,14 @@ b() {
 
 collect() {
   cp "$O/bench.jsonl" "${OUT:-/tmp}/$1-bench.jsonl" 2>/dev/null; tar czf "${OUT:-/tmp}/$1-logs.tgz" -C "$O" .
+}
+
+gated() {
+  local name=$1 port=$2; shift 2
+  MASTER_PORT=$port timeout "${JOB_S:-450}" python3 launchers/bench.py --gate "$G" --gate-count "${GATE_N:-2}" \
+    --gate-name "$name" --gate-timeout "${GATE_S:-400}" --out "$R/bench.jsonl" --run_dir="/tmp/bench-$name" \
+    --engine.precision_check=false "$@" > "$O/$name.log" 2>&1
+  local rc=$?
+  touch "$G/ready.$name"
+  log "$name rc=$rc $(grep -E 'Error|error:' "$O/$name.log" | tail -1 | cut -c1-300)"
 }

@@ -14,15 +14,11 @@ log() { echo "[$(date +%T)] $*" | tee -a "$R/round13a.txt"; }
 
 log "ours: compile together, time one at a time"
 G=$O/gate; mkdir -p "$G"; N=${N:-4}
-job() { local name=$1 port=$2; shift 2
-  MASTER_PORT=$port timeout ${JOB_S:-400} python3 launchers/bench.py --gate "$G" --gate-count $N --gate-name $name \
-    --gate-timeout 380 --out "$R/bench.jsonl" --run_dir="/tmp/bench-$name" --engine.precision_check=false "$@" \
-    > "$O/$name.log" 2>&1
-  local rc=$?; touch "$G/ready.$name"; log "$name rc=$rc $(grep -E 'Error|error:' "$O/$name.log" | tail -1 | cut -c1-300)"; }
-job s-fp16 29621 --preset edm2-img512-s "${RO[@]}" --precision fp16 --steps 30 &
-job s-bf16 29622 --preset edm2-img512-s "${RO[@]}" --precision bf16 --steps 30 &
-job xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
-job xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
+GATE_N=$N JOB_S=${JOB_S:-400} GATE_S=380
+gated s-fp16 29621 --preset edm2-img512-s "${RO[@]}" --precision fp16 --steps 30 &
+gated s-bf16 29622 --preset edm2-img512-s "${RO[@]}" --precision bf16 --steps 30 &
+gated xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
+gated xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
 wait
 log "official ECT step (alone on the GPU)"
 for p in s xl; do for prec in fp32 fp16; do

@@ -10,13 +10,9 @@ R=${OUT:-$O}; V=$O/val; mkdir -p "$V"
 log() { echo "[$(date +%T)] $*" | tee -a "$R/round13c.txt"; }
 G=$O/gate; mkdir -p "$G"
 RO=(--sdpa --compile --channels-last --compile-mode reduce-overhead)
-job() { local name=$1 port=$2; shift 2
-  MASTER_PORT=$port timeout 380 python3 launchers/bench.py --gate "$G" --gate-count 3 --gate-name $name \
-    --gate-timeout 340 --out "$R/bench.jsonl" --run_dir="/tmp/bench-$name" --engine.precision_check=false "$@" \
-    > "$O/$name.log" 2>&1
-  local rc=$?; touch "$G/ready.$name"; log "$name rc=$rc $(grep -E 'Error|error:' "$O/$name.log" | tail -1 | cut -c1-300)"; }
-job xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
-job xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
+GATE_N=3 JOB_S=380 GATE_S=340
+gated xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
+gated xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
 
 log "real run: data, classifier, reference"
 python3 tools/make_shards.py --source sklearn-digits --out "$V/data" --resolution 16 --pixels --grayscale \

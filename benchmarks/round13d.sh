@@ -12,14 +12,10 @@ R=${OUT:-$O}
 log() { echo "[$(date +%T)] $*" | tee -a "$R/round13d.txt"; }
 G=$O/gate; mkdir -p "$G"
 RO=(--sdpa --compile --channels-last --compile-mode reduce-overhead)
-job() { local name=$1 port=$2; shift 2
-  MASTER_PORT=$port timeout 450 python3 launchers/bench.py --gate "$G" --gate-count 3 --gate-name $name \
-    --gate-timeout 400 --out "$R/bench.jsonl" --run_dir="/tmp/bench-$name" --engine.precision_check=false "$@" \
-    > "$O/$name.log" 2>&1
-  local rc=$?; touch "$G/ready.$name"; log "$name rc=$rc $(grep -E 'Error|error:' "$O/$name.log" | tail -1 | cut -c1-300)"; }
+GATE_N=3 JOB_S=450 GATE_S=400
 log "ours: XL fp16 and bf16 compile together with the GPU tests, then are timed one at a time"
-job xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
-job xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
+gated xl-fp16 29624 --preset edm2-img512-xl "${RO[@]}" --precision fp16 --steps 12 &
+gated xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 12 &
 ( MASTER_PORT=29630 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/precision/test_gpu_modes.py -s \
     > "$R/pytest-gpu.txt" 2>&1; log "pytest -m gpu rc=$? $(tail -1 "$R/pytest-gpu.txt")"; touch "$G/ready.pytest" ) &
 wait
