@@ -78,7 +78,6 @@ def run(body: Callable[[], int], program: str) -> int:
     return code
 
 
-
 def _fail(exc: BaseException) -> int:
     peers.stop()
     rank = _rank()
