@@ -23,6 +23,7 @@ device_env() {
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # Keep multicast off.
   fi
   export PYTHONUNBUFFERED=1
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # The scripts import tests/ helpers and the package in place.
 }
 
 round_env() {

@@ -7,27 +7,30 @@ Prints one JSON line on rank 0; exits non-zero if a check fails.
 """
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from ect_scale import dist  # noqa: E402
-from ect_scale.ema import power_beta  # noqa: E402
-from ect_scale.engine import Engine  # noqa: E402
-from tests.engine.common import initial_net, micro_loss, tiny_cfg  # noqa: E402
+from ect_scale.engine.ema import power_beta
+from ect_scale.engine.group import init_process_group
+from ect_scale.engine.zero import Engine
+from ect_scale.runtime import dist
+from tests.engine.common import initial_net, micro_loss, tiny_cfg
 
 STEPS = 4
 
 
 def run_stage(stage: int, precision: str) -> dict:
-    cfg = tiny_cfg(stage, precision, batch_size=4 * dist.get_world_size(), batch_gpu=2,
-                   **{"ema.stds": "[0.05]", "ema.beta": "null"})
-    from ect_scale.ema import EMATracker
+    cfg = tiny_cfg(
+        stage,
+        precision,
+        batch_size=4 * dist.get_world_size(),
+        batch_gpu=2,
+        **{"ema.stds": "[0.05]", "ema.beta": "null"},
+    )
+    from ect_scale.engine.ema import EMATracker
 
-    engine = Engine(cfg, initial_net(cfg))
+    engine = Engine(initial_net(cfg), cfg.engine, cfg.optim, cfg.train)
     engine.module.train()
     ema = EMATracker(cfg.ema, engine.master)
     ref_ema, losses = None, []
@@ -35,8 +38,9 @@ def run_stage(stage: int, precision: str) -> dict:
     for step in range(STEPS):
         nimg = step * cfg.train.batch_size
         for rnd in range(engine.rounds):
-            x_loss = micro_loss(engine, engine.module, cfg, rank, step, rnd, nimg, reduce_any=dist.any_true,
-                                device=dist.device())
+            x_loss = micro_loss(
+                engine, engine.module, cfg, rank, step, rnd, nimg, reduce_any=dist.any_true, device=dist.device()
+            )
             losses.append(float(dist.all_reduce_(x_loss.detach().reshape(1).clone())) / dist.get_world_size())
             res = engine.micro_step(x_loss, lr=cfg.optim.lr)
         assert res.applied
@@ -46,12 +50,17 @@ def run_stage(stage: int, precision: str) -> dict:
         ref_ema = full if ref_ema is None else {k: v.lerp(full[k], 1 - beta) for k, v in ref_ema.items()}
     ema_full = engine.master.gather(sources=ema.shadows["power-0.050"])
     ema_err = max(float((ema_full[k] - ref_ema[k]).abs().max()) for k in ref_ema)
-    return {"state": engine.full_state(), "wn_err": engine.master.max_row_norm_error(), "ema_err": ema_err,
-            "losses": losses, "lr": cfg.optim.lr}
+    return {
+        "state": engine.full_state(),
+        "wn_err": engine.master.max_row_norm_error(),
+        "ema_err": ema_err,
+        "losses": losses,
+        "lr": cfg.optim.lr,
+    }
 
 
 def main() -> int:
-    dist.init()
+    init_process_group()
     # fp32 comparisons without TF32 (cuDNN allows it by default); Adam's ~lr-sized first steps amplify any noise.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -59,9 +59,9 @@ PROBE=$WORK/resume_probe.py
 cat >"$PROBE" <<'EOF'
 import argparse, json, os, sys
 sys.path.insert(0, os.environ["REPO"])
-from ect_scale import dist
+from ect_scale.runtime import dist
 from ect_scale.config import load_config
-from ect_scale.trainer import Trainer
+from ect_scale.train.trainer import Trainer
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--config", required=True)

@@ -37,7 +37,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.abspath(args.repo))
     import torch
-
     from training.loss import ECMLoss  # noqa: E402  (the official code, from --repo)
     from training.networks_edm2 import Precond  # noqa: E402
     from training.phema import PowerFunctionEMA, TraditionalEMA  # noqa: E402
@@ -48,8 +47,15 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True
     device = torch.device("cuda")
     torch.manual_seed(0)
-    net = Precond(img_resolution=64, img_channels=4, label_dim=1000, use_fp16=args.precision == "fp16",
-                  model_channels=CHANNELS[args.preset], dropout=DROPOUT[args.preset], dropout_res=16)
+    net = Precond(
+        img_resolution=64,
+        img_channels=4,
+        label_dim=1000,
+        use_fp16=args.precision == "fp16",
+        model_channels=CHANNELS[args.preset],
+        dropout=DROPOUT[args.preset],
+        dropout_res=16,
+    )
     net = net.to(device).train().requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr=LR[args.preset], betas=(0.9, 0.99), eps=1e-8)
     loss_fn = ECMLoss(P_mean=-0.8, P_std=1.6, q=4, c=0.06, k=8.0, b=1.0)
@@ -82,11 +88,20 @@ def main(argv=None) -> int:
         step()
     torch.cuda.synchronize()
     sec = time.perf_counter() - t0
-    out = {"code": "locuslab/ect@imgnet", "preset": f"edm2-img512-{args.preset}", "precision": args.precision,
-           "tf32": True, "batch": args.batch, "steps": args.steps, "emas": len(emas) and 4,
-           "img_per_sec": args.batch * args.steps / sec, "sec_per_step": sec / args.steps,
-           "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30, "device": torch.cuda.get_device_name(),
-           "torch": torch.__version__}
+    out = {
+        "code": "locuslab/ect@imgnet",
+        "preset": f"edm2-img512-{args.preset}",
+        "precision": args.precision,
+        "tf32": True,
+        "batch": args.batch,
+        "steps": args.steps,
+        "emas": len(emas) and 4,
+        "img_per_sec": args.batch * args.steps / sec,
+        "sec_per_step": sec / args.steps,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
     line = json.dumps(out)
     print(line, flush=True)
     if args.out:

@@ -1,27 +1,25 @@
 #!/usr/bin/env python3
 """Profile the full ECT step (same setup as launchers/bench.py): GPU busy time per step, top kernels and ops.
 
-    python benchmarks/profile_step.py --preset edm2-img512-s --sdpa --compile [--a.b=value ...]
+python benchmarks/profile_step.py --preset edm2-img512-s --sdpa --compile [--a.b=value ...]
 """
 
 import os
+import runpy
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-sys.argv.insert(1, "--steps=1")
-import launchers.bench as bench_cli  # noqa: E402
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launchers", "bench.py")
 
 
 def main() -> None:
     captured = {}
 
-    def fake_benchmark(cfg, steps, warmup):
-        from ect_scale.trainer import Trainer
+    def fake_benchmark(cfg, steps, warmup, gate=None, mem_limit_gb=None):
+        from ect_scale.train.trainer import Trainer
 
         trainer = Trainer(cfg)
         for _ in range(6):
@@ -42,11 +40,11 @@ def main() -> None:
         captured["done"] = True
         return {}
 
-    bench_cli.benchmark = fake_benchmark
-    import ect_scale.bench
+    import ect_scale.train.bench
 
-    ect_scale.bench.benchmark = fake_benchmark
-    bench_cli.main()
+    ect_scale.train.bench.benchmark = fake_benchmark  # launchers/bench.py imports it when it runs.
+    sys.argv.insert(1, "--steps=1")
+    runpy.run_path(BENCH, run_name="__bench__")["main"]()
 
 
 if __name__ == "__main__":

@@ -53,8 +53,11 @@ def main(argv=None) -> int:
     s3 = boto3.client("s3", endpoint_url=endpoint, **FAKE_CREDENTIALS)
     for name in args.bucket:
         s3.create_bucket(Bucket=name)
-    print(f"s3_server: endpoint {endpoint} (buckets: {', '.join(args.bucket) or 'none'}; pid {os.getpid()}); "
-          "SIGTERM or Ctrl-C stops it", flush=True)
+    print(
+        f"s3_server: endpoint {endpoint} (buckets: {', '.join(args.bucket) or 'none'}; pid {os.getpid()}); "
+        "SIGTERM or Ctrl-C stops it",
+        flush=True,
+    )
     if args.endpoint_file:
         tmp = args.endpoint_file + ".tmp"
         with open(tmp, "w") as f:

@@ -4,6 +4,6 @@
 # `.whl` in the device call's carry list.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+export PYTHONPATH=$PWD:/tmp/site:${PYTHONPATH:-}   # The package in place (run from the repository root).
 export TORCH_CUDA_ARCH_LIST=9.0   # The default 9.0a breaks DeepSpeed's JIT op builder.
 python3 -c "import deepspeed, torch; print('deepspeed', deepspeed.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"

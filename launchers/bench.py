@@ -17,10 +17,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.config import load_config  # noqa: E402
+from ect_scale.config import load_config
+from ect_scale.runtime import entry
 
 
 def _main(argv) -> int:
@@ -30,12 +28,18 @@ def _main(argv) -> int:
     ap.add_argument("--zero-stage", type=int, default=1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"],
-                    help="U-Net compute precision (engine.precision; fp32 masters in every mode)")
+    ap.add_argument(
+        "--precision",
+        default="bf16",
+        choices=["bf16", "fp16", "tf32", "fp32"],
+        help="U-Net compute precision (engine.precision; fp32 masters in every mode)",
+    )
     ap.add_argument("--param-dtype", default="auto", choices=["auto", "bf16", "fp32"], help="engine.param_dtype")
     ap.add_argument("--fp32", action="store_true", help="same as --precision fp32 (the plain path, TF32 off)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
-    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"])
+    ap.add_argument(
+        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+    )
     ap.add_argument("--combo-kernels", action="store_true", help="inductor horizontal fusion of small kernels")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--sdpa", action="store_true", help="fused scaled-dot-product attention")
@@ -43,8 +47,13 @@ def _main(argv) -> int:
     ap.add_argument("--max-memory-gib", type=float, default=None, help="cap the GPU memory this process may use")
     ap.add_argument("--dropout", type=float, default=0.4, help="dropout at <= 16 px (ECT ImageNet recipe)")
     ap.add_argument("--out", default=None, help="also append the JSON line to this file")
-    ap.add_argument("--gate", default=None, metavar="DIR", help="warm up (compile) alongside other benchmarks, then "
-                    "time one at a time: wait for --gate-count processes to be ready in DIR, lock while timing")
+    ap.add_argument(
+        "--gate",
+        default=None,
+        metavar="DIR",
+        help="warm up (compile) alongside other benchmarks, then "
+        "time one at a time: wait for --gate-count processes to be ready in DIR, lock while timing",
+    )
     ap.add_argument("--gate-count", type=int, default=1, help="processes that share --gate")
     ap.add_argument("--gate-name", default="", help="this job's name in --gate (its starter marks it done on exit)")
     ap.add_argument("--gate-timeout", type=float, default=900.0, help="longest wait for the others (s)")
@@ -52,31 +61,49 @@ def _main(argv) -> int:
     args, overrides = ap.parse_known_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     fields = {
-        "network.preset": args.preset, "network.dropout": args.dropout, "network.dropout_res": 16,
+        "network.preset": args.preset,
+        "network.dropout": args.dropout,
+        "network.dropout_res": 16,
         "network.attention": "sdpa" if args.sdpa else "einsum",
-        "engine.precision": "fp32" if args.fp32 else args.precision, "engine.param_dtype": args.param_dtype,
-        "engine.zero_stage": args.zero_stage, "engine.compile": args.compile, "engine.channels_last": args.channels_last,
-        "engine.compile_mode": args.compile_mode, "engine.combo_kernels": args.combo_kernels,
-        "train.batch_gpu": args.batch_gpu, "train.batch_size": args.batch_gpu * world * args.accum,
-        "train.total_nimg": 10**12, "train.status_nimg": 10**12, "data.kind": "synthetic",
-        "checkpoint.enabled": "false", "ema.export_nimg": 0, "logging.progress": "none",
-        "logging.tensorboard": "false", "logging.jsonl": "false", "run_dir": "/tmp/ect_scale_bench",
+        "engine.precision": "fp32" if args.fp32 else args.precision,
+        "engine.param_dtype": args.param_dtype,
+        "engine.zero_stage": args.zero_stage,
+        "engine.compile": args.compile,
+        "engine.channels_last": args.channels_last,
+        "engine.compile_mode": args.compile_mode,
+        "engine.combo_kernels": args.combo_kernels,
+        "train.batch_gpu": args.batch_gpu,
+        "train.batch_size": args.batch_gpu * world * args.accum,
+        "train.total_nimg": 10**12,
+        "train.status_nimg": 10**12,
+        "data.kind": "synthetic",
+        "checkpoint.enabled": "false",
+        "ema.export_nimg": 0,
+        "logging.progress": "none",
+        "logging.tensorboard": "false",
+        "logging.jsonl": "false",
+        "run_dir": "/tmp/ect_scale_bench",
     }
     cfg = load_config(None, [f"--{k}={v}" for k, v in fields.items()] + overrides)
     net = cfg.network  # Synthetic data shaped like the network's input (latent moments or RGB pixels).
-    cfg = load_config(None, [f"--{k}={v}" for k, v in fields.items()] + [
-        f"--data.synthetic_encoder={'sd-vae' if net.img_channels == 4 else 'pixels'}",
-        f"--data.synthetic_resolution={net.img_resolution}", f"--data.synthetic_label_dim={net.label_dim}"] + overrides)
-    from ect_scale import dist
-    from ect_scale.bench import TimingGate, benchmark, limit_gpu_memory
+    cfg = load_config(
+        None,
+        [f"--{k}={v}" for k, v in fields.items()]
+        + [
+            f"--data.synthetic_encoder={'sd-vae' if net.img_channels == 4 else 'pixels'}",
+            f"--data.synthetic_resolution={net.img_resolution}",
+            f"--data.synthetic_label_dim={net.label_dim}",
+        ]
+        + overrides,
+    )
+    from ect_scale.runtime import dist
+    from ect_scale.runtime.gate import TimingGate
+    from ect_scale.train.bench import benchmark, limit_gpu_memory
 
     entry.set_log_dir(os.path.join(cfg.run_dir, "logs"))
-
-    if args.max_memory_gib:
-        limit_gpu_memory(args.max_memory_gib)
-
+    mem_limit_gb = limit_gpu_memory(args.max_memory_gib)
     gate = TimingGate(args.gate, args.gate_count, args.gate_timeout, args.gate_name) if args.gate else None
-    result = benchmark(cfg, steps=args.steps, warmup=args.warmup, gate=gate)
+    result = benchmark(cfg, steps=args.steps, warmup=args.warmup, gate=gate, mem_limit_gb=mem_limit_gb)
     if gate is not None:
         result.update(gate_waited_sec=gate.waited_sec, gate_timed_out=gate.timed_out)
     if dist.is_main():

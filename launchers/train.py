@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train with ECT on one or many GPUs (or CPUs).
 
-    deepspeed [--num_nodes N --num_gpus G --hostfile H] launchers/train.py --config configs/ect-img512-s.yaml [--a.b=value ...]
+    deepspeed [--num_nodes N --num_gpus G --hostfile H] launchers/train.py --config configs/ect-img512-s.yaml
+    [--a.b=value ...]
     torchrun --nnodes N --nproc_per_node G ... launchers/train.py --config ... [--a.b=value ...]
     srun ... python launchers/train.py --config ...            (see launchers/slurm_train.sbatch)
     python launchers/train.py --config ... --dry-run            (print the resolved config and DeepSpeed JSON, check
@@ -21,17 +22,19 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.config import Config, dump_config, load_config  # noqa: E402
+from ect_scale.config import Config, dump_config, load_config
+from ect_scale.runtime import entry
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML recipe (see configs/)")
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and DeepSpeed JSON, check what "
-                    "the run needs (init file, data, writable folders), then exit")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and DeepSpeed JSON, check what "
+        "the run needs (init file, data, writable folders), then exit",
+    )
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
@@ -49,7 +52,7 @@ def run(args, overrides: list[str]) -> int:
     entry.set_log_dir(os.path.join(cfg.run_dir, "logs"))
     if args.dry_run:
         return dry_run(cfg)
-    from ect_scale.trainer import main as train
+    from ect_scale.train.trainer import main as train
 
     train(cfg)
     return 0
@@ -57,19 +60,27 @@ def run(args, overrides: list[str]) -> int:
 
 def dry_run(cfg: Config) -> int:
     """Print the resolved config and DeepSpeed JSON, then every problem the run would meet (exit code 2 if any)."""
-    from ect_scale.engine import deepspeed_config
-    from ect_scale.preflight import check_run
+    from ect_scale.engine.zero import deepspeed_config
+    from ect_scale.train.preflight import check_run
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     print(dump_config(cfg))
-    print(json.dumps(deepspeed_config(cfg, world), indent=2), flush=True)
+    print(json.dumps(deepspeed_config(cfg.engine, cfg.optim, cfg.train, world), indent=2), flush=True)
     problems = check_run(cfg, world)
     if problems:
-        print(f"error: --dry-run found {len(problems)} problem{'s' if len(problems) > 1 else ''} this run would "
-              "meet:\n" + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1)), file=sys.stderr, flush=True)
+        print(
+            f"error: --dry-run found {len(problems)} problem{'s' if len(problems) > 1 else ''} this run would "
+            "meet:\n" + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1)),
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
-    checked = ["init" if cfg.init else None, "data" if cfg.data.kind == "shards" else None, "run_dir",
-               "checkpoint.dir" if cfg.checkpoint.enabled else None]
+    checked = [
+        "init" if cfg.init else None,
+        "data" if cfg.data.kind == "shards" else None,
+        "run_dir",
+        "checkpoint.dir" if cfg.checkpoint.enabled else None,
+    ]
     print(f"dry run: ok ({', '.join(c for c in checked if c)} checked; {world} rank(s))", flush=True)
     return 0
 

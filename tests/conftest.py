@@ -3,7 +3,7 @@
 import os
 
 # Entry points run in-process here and the test session goes on: no stack dumps of a "finished" process
-# (ect_scale.procs.arm_exit_watchdog; tests/test_procs.py arms it explicitly).
+# (ect_scale.runtime.procs.arm_exit_watchdog; tests/test_procs.py arms it explicitly).
 os.environ.setdefault("ECT_SCALE_EXIT_WATCHDOG_S", "0")
 
 import pytest  # noqa: E402
@@ -12,6 +12,22 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath: str):
+    """Import a script of `tools/` or `launchers/` (e.g. "tools/make_shards.py") as a module, without touching
+    sys.path. Loaded once per test session; the module is registered under its file name."""
+    import importlib.util
+    import sys
+
+    name = os.path.splitext(os.path.basename(relpath))[0]
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == os.path.join(REPO, relpath):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -32,7 +48,7 @@ def tiny_net(tiny_config):
         torch.manual_seed(seed)
         net = build_network(tiny_config(**overrides))
         with torch.no_grad():  # Non-zero gains so the residual/output paths matter in tests.
-            for name, p in net.named_parameters():
+            for _name, p in net.named_parameters():
                 if p.ndim == 0:
                     p.fill_(0.7)
         return net
@@ -61,10 +77,24 @@ def s3_server():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "FSSPEC_S3_ENDPOINT_URL", "AWS_PROFILE", "BOTO_CONFIG")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      FSSPEC_S3_ENDPOINT_URL=endpoint, BOTO_CONFIG="/dev/null")
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "FSSPEC_S3_ENDPOINT_URL",
+            "AWS_PROFILE",
+            "BOTO_CONFIG",
+        )
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        FSSPEC_S3_ENDPOINT_URL=endpoint,
+        BOTO_CONFIG="/dev/null",
+    )
     os.environ.pop("AWS_PROFILE", None)
     import fsspec.config
 

@@ -25,11 +25,19 @@ def free_port() -> int:
 
 
 def _entry(fn, rank, world_size, port, args, env, queue):
-    os.environ.update({
-        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-    })
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "DS_ACCELERATOR": "cpu",
+            "OMP_NUM_THREADS": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+    )
     os.environ.update(env)
     try:
         import torch
@@ -51,14 +59,17 @@ def _entry(fn, rank, world_size, port, args, env, queue):
             pass
 
 
-def run_ranks(fn: Callable, world_size: int, args: Sequence[Any] = (), timeout: float = 300,
-              env: dict[str, str] | None = None) -> list[Any]:
+def run_ranks(
+    fn: Callable, world_size: int, args: Sequence[Any] = (), timeout: float = 300, env: dict[str, str] | None = None
+) -> list[Any]:
     """Run `fn(rank, world_size, *args)` on `world_size` spawned processes; return results in rank order."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, tuple(args), env or {}, queue), daemon=False)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_entry, args=(fn, r, world_size, port, tuple(args), env or {}, queue), daemon=False)
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

@@ -3,14 +3,15 @@ a log file, the traceback kept (and code 1) for bugs."""
 
 import os
 
-from ect_scale import entry
 from ect_scale.config import ConfigError
 from ect_scale.data import StorageError
+from ect_scale.runtime import entry
 
 
 def _fail(exc):
     def body():
         raise exc
+
     return body
 
 
@@ -22,8 +23,10 @@ def test_an_expected_failure_is_one_line_and_the_traceback_goes_to_the_log(tmp_p
     assert entry.run(body, program="test") == 2
     err = capsys.readouterr().err.splitlines()
     log = tmp_path / "run" / "logs" / "error-rank0.log"
-    assert err == ["error: cannot read s3://b/manifest.json: the S3 endpoint is unreachable. Fix: check the endpoint",
-                   f"  (full log: {log})"]
+    assert err == [
+        "error: cannot read s3://b/manifest.json: the S3 endpoint is unreachable. Fix: check the endpoint",
+        f"  (full log: {log})",
+    ]
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "StorageError" in text
 

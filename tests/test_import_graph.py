@@ -60,7 +60,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -80,11 +80,63 @@ def test_the_graph_walker_finds_cycles():
 
 def test_the_graph_covers_the_package():
     graph = import_graph()
-    assert "ect_scale.trainer" in graph and "ect_scale.checkpoint.checkpointer" in graph
+    assert "ect_scale.train.trainer" in graph and "ect_scale.checkpoint.checkpointer" in graph
     assert "ect_scale.checkpoint.checkpointer" in graph["ect_scale.checkpoint"]  # Relative and absolute forms.
-    assert "ect_scale.engine" in graph["ect_scale.trainer"]
+    assert "ect_scale.engine.zero" in graph["ect_scale.train.trainer"]
+
+
+# The wings of the package, bottom floor first. A wing may import only wings on lower floors (docs/ARCHITECTURE.md).
+FLOORS = [
+    ["runtime"],
+    ["config"],
+    ["networks", "data"],
+    ["ect"],
+    ["precision", "eval", "edm2_import", "toy"],
+    ["engine"],
+    ["checkpoint"],
+    ["train"],
+]
+
+
+def wing_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def wing_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """wing -> the other wings it imports."""
+    out: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        out.setdefault(wing_of(a), set()).update(wing_of(b) for b in targets if wing_of(b) != wing_of(a))
+    return out
+
+
+def test_every_module_lives_in_a_wing_and_wings_only_import_downwards():
+    graph = import_graph()
+    floor = {w: i for i, ws in enumerate(FLOORS) for w in ws}
+    loose = sorted(m for m in graph if m != "ect_scale" and wing_of(m) not in floor)
+    assert not loose, f"modules outside the declared wings (add them to a wing, or the wing to FLOORS): {loose}"
+    up = sorted(
+        f"{a} -> {b}"
+        for a, bs in graph.items()
+        for b in bs
+        if a != "ect_scale" and floor[wing_of(b)] >= floor[wing_of(a)] and wing_of(a) != wing_of(b)
+    )
+    assert not up, "imports that go sideways or up a floor: " + "; ".join(up)
+    assert find_cycle(wing_graph(graph)) is None
 
 
 def test_package_imports_have_no_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """`from ect_scale.a import _helper` couples two modules through a name one of them calls private."""
+    root = os.path.join(REPO, PACKAGE)
+    found = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE) and node.module != module:
+                found += [f"{module}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert os.path.isdir(root) and not found, found

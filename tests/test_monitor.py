@@ -6,12 +6,20 @@ import os
 import pytest
 
 from ect_scale.config import load_config
-from ect_scale.monitor import Monitor, duration, status_line, summary_lines
-from ect_scale.trainer import data_description
+from ect_scale.train.monitor import Monitor, duration, status_line, summary_lines
+from ect_scale.train.summary import data_description
 from tests.conftest import REPO
 
-SCALARS = {"Loss/mean": 0.25, "ECT/stage": 2, "ECT/dt_over_t": 0.0625, "Optim/lr": 1e-3, "Grad/norm": 1.5,
-           "Throughput/img_per_sec": 100.0, "Timing/data_wait_frac": 0.01, "Progress/skipped_steps": 1}
+SCALARS = {
+    "Loss/mean": 0.25,
+    "ECT/stage": 2,
+    "ECT/dt_over_t": 0.0625,
+    "Optim/lr": 1e-3,
+    "Grad/norm": 1.5,
+    "Throughput/img_per_sec": 100.0,
+    "Timing/data_wait_frac": 0.01,
+    "Progress/skipped_steps": 1,
+}
 
 
 def test_plain_status_lines_have_total_and_eta():
@@ -31,21 +39,48 @@ def test_durations():
 
 
 def test_the_summary_says_what_was_done_and_where_it_is():
-    lines = summary_lines(nimg=25600, total_nimg=25600, session_nimg=12800, session_sec=100, elapsed_sec=190,
-                          skipped_steps=2, shards_skipped=1, places=[("EMAs", "runs/x/ema"), ("TensorBoard", "tb")])
-    assert lines[0] == ("Finished: 25,600 images. This session: 12,800 images in 0:01:40 (128.0 img/s); training "
-                        "time 0:03:10 in total; 2 skipped steps, 1 shards skipped.")
+    lines = summary_lines(
+        nimg=25600,
+        total_nimg=25600,
+        session_nimg=12800,
+        session_sec=100,
+        elapsed_sec=190,
+        skipped_steps=2,
+        shards_skipped=1,
+        places=[("EMAs", "runs/x/ema"), ("TensorBoard", "tb")],
+    )
+    assert lines[0] == (
+        "Finished: 25,600 images. This session: 12,800 images in 0:01:40 (128.0 img/s); training "
+        "time 0:03:10 in total; 2 skipped steps, 1 shards skipped."
+    )
     assert lines[1:] == ["  EMAs         runs/x/ema", "  TensorBoard  tb"]
-    stopped = summary_lines(nimg=6400, total_nimg=25600, session_nimg=6400, session_sec=10, elapsed_sec=10,
-                            skipped_steps=0, shards_skipped=None, places=[])
+    stopped = summary_lines(
+        nimg=6400,
+        total_nimg=25600,
+        session_nimg=6400,
+        session_sec=10,
+        elapsed_sec=10,
+        skipped_steps=0,
+        shards_skipped=None,
+        places=[],
+    )
     assert stopped[0].startswith("Stopped at 6,400 of 25,600 images: re-run the same command to continue.")
 
 
 @pytest.mark.parametrize("objective,label", [("diffusion", "EDM2 diffusion"), ("ect", "ECT")])
 def test_the_progress_bar_names_the_objective(tmp_path, objective, label):
-    cfg = load_config(None, ["--data.kind=synthetic", f"--ect.objective={objective}", "--logging.progress=rich",
-                             "--logging.tensorboard=false", "--logging.jsonl=false"])
-    monitor = Monitor(str(tmp_path), cfg, 25600)
+    cfg = load_config(
+        None,
+        [
+            "--data.kind=synthetic",
+            f"--ect.objective={objective}",
+            "--logging.progress=rich",
+            "--logging.tensorboard=false",
+            "--logging.jsonl=false",
+        ],
+    )
+    monitor = Monitor(str(tmp_path), cfg.logging, 25600, ect_stages=cfg.ect.objective != "diffusion")
+    monitor.start(0)
     try:
         assert monitor.progress.columns[0].text_format == f"[bold]{label}"
     finally:

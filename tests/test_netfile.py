@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ect_scale.netfile import NetworkFileError, load_network_file, read_network_file, save_network_file
+from ect_scale.networks.netfile import NetworkFileError, load_network_file, read_network_file, save_network_file
 
 
 def test_roundtrip_and_overrides(tiny_net, tmp_path):

@@ -1,13 +1,14 @@
-"""`--dry-run` checks (ect_scale.preflight): every problem a run would meet, at once, each naming option and fix."""
+"""`--dry-run` checks (ect_scale.train.preflight): every problem a run would meet, at once, each naming option and
+fix."""
 
 import os
 
 import pytest
 
 from ect_scale.config import NetworkConfig, from_dict, load_config
-from ect_scale.netfile import save_network_file
 from ect_scale.networks import build_network
-from ect_scale.preflight import check_run
+from ect_scale.networks.netfile import save_network_file
+from ect_scale.train.preflight import check_run
 from tests.conftest import REPO
 from tests.data.conftest import write_id_shards
 from tests.distributed import free_port
@@ -41,13 +42,26 @@ def test_the_shipped_512_recipe_lists_its_missing_init_and_placeholder_bucket():
     assert all(". Fix: " in p for p in problems)
 
 
+def test_a_synthetic_run_does_not_read_the_recipes_placeholder_data_url():
+    cfg = load_config(os.path.join(REPO, "configs", "ect-img512-s.yaml"), ["--data.kind=synthetic"])
+    assert cfg.data.url.startswith("s3://YOUR-BUCKET/")
+    problems = check_run(cfg)
+    assert [p.split(":", 1)[0] for p in problems] == ["init"]  # Only the missing init file is left.
+
+
 def test_every_problem_is_reported_at_once(tmp_path, shards):
     (tmp_path / "blocker").write_text("")
     other = tmp_path / "other.safetensors"
     config = from_dict(NetworkConfig, {"preset": "tiny-latent"}, "network")
     save_network_file(str(other), build_network(config).state_dict(), config)
-    cfg = _cfg(tmp_path, f"--init={other}", f"--data.url={shards}", "--network.img_resolution=16",
-               f"--run_dir={tmp_path}/blocker/run", "--checkpoint.dir=s3://YOUR-BUCKET/ckpt")
+    cfg = _cfg(
+        tmp_path,
+        f"--init={other}",
+        f"--data.url={shards}",
+        "--network.img_resolution=16",
+        f"--run_dir={tmp_path}/blocker/run",
+        "--checkpoint.dir=s3://YOUR-BUCKET/ckpt",
+    )
     problems = check_run(cfg)
     assert len(problems) == 4 and all(". Fix: " in p for p in problems)
     assert problems[0].startswith(f"init: {other} has a different architecture")
@@ -69,7 +83,13 @@ def test_an_unreachable_store_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     endpoint = f"http://127.0.0.1:{free_port()}"  # Nothing listens there.
-    problems = check_run(_cfg(tmp_path, "--data.url=s3://bucket/data/manifest.json", f"--data.endpoint_url={endpoint}",
-                              "--checkpoint.enabled=false"))
+    problems = check_run(
+        _cfg(
+            tmp_path,
+            "--data.url=s3://bucket/data/manifest.json",
+            f"--data.endpoint_url={endpoint}",
+            "--checkpoint.enabled=false",
+        )
+    )
     assert len(problems) == 1 and "data.url: cannot read s3://bucket/data/manifest.json" in problems[0]
     assert f"the S3 endpoint {endpoint} is unreachable" in problems[0] and ". Fix: " in problems[0]

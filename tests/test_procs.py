@@ -17,8 +17,10 @@ CHILD = textwrap.dedent("""
     print(grandchild.pid, flush=True)
     time.sleep(600)
 """)
-GRANDCHILD = "import sys, time; sys.path.insert(0, {repo!r}); from ect_scale.procs import exit_with_parent; " \
-             "exit_with_parent(pdeathsig={pdeathsig}); time.sleep(600)"
+GRANDCHILD = (
+    "import sys, time; from ect_scale.runtime.procs import exit_with_parent; "
+    "exit_with_parent(pdeathsig={pdeathsig}); time.sleep(600)"
+)
 
 
 def _alive(pid: int) -> bool:
@@ -50,8 +52,10 @@ def test_the_child_exits_when_its_parent_is_killed(pdeathsig):
                 os.kill(pid, signal.SIGKILL)
 
 
-HANGS = ("import sys, threading, time; sys.path.insert(0, {repo!r}); from ect_scale import procs; "
-         "procs.enable_stack_dumps(); {arm}; threading.Event().wait({wait})")
+HANGS = (
+    "import sys, threading, time; from ect_scale.runtime import procs; "
+    "procs.enable_stack_dumps(); {arm}; threading.Event().wait({wait})"
+)
 
 
 def test_exit_watchdog_prints_where_a_finished_process_waits():

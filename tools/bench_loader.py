@@ -23,14 +23,12 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.config import DataConfig  # noqa: E402
-from ect_scale.data.convert import RawConverter  # noqa: E402
-from ect_scale.data.encoders import LatentEncoder  # noqa: E402
-from ect_scale.data.images import ArraySource  # noqa: E402
-from ect_scale.data.shard_writer import WriterOptions, write_shards  # noqa: E402
+from ect_scale.config import DataConfig
+from ect_scale.data.convert import RawConverter
+from ect_scale.data.encoders import LatentEncoder
+from ect_scale.data.images import ArraySource
+from ect_scale.data.shard_writer import WriterOptions, write_shards
+from ect_scale.runtime import entry
 
 
 class RandomMoments(RawConverter):
@@ -51,8 +49,13 @@ class RandomMoments(RawConverter):
 
 def make_dataset(url: str, samples: int, shards: int, shape: list[int]) -> None:
     source = ArraySource(np.zeros((samples, 8, 8, 3), np.uint8), [i % 1000 for i in range(samples)])
-    write_shards(source, url, RandomMoments(shape), WriterOptions(resolution=8, num_shards=shards, progress_s=1e9),
-                 log=lambda *_: None)
+    write_shards(
+        source,
+        url,
+        RandomMoments(shape),
+        WriterOptions(resolution=8, num_shards=shards, progress_s=1e9),
+        log=lambda *_: None,
+    )
 
 
 def start_moto() -> tuple[object, str]:
@@ -89,25 +92,39 @@ def time_rank(url: str, endpoint, workers: int, batch: int, batches: int, rank: 
         raw, _ = next(stream)
     seconds = time.perf_counter() - start
     stream.close()
-    queue.put({"first_batch_s": first, "seconds": seconds, "samples": batches * batch,
-               "bytes": batches * raw.numel() * raw.element_size()})
+    queue.put(
+        {
+            "first_batch_s": first,
+            "seconds": seconds,
+            "samples": batches * batch,
+            "bytes": batches * raw.numel() * raw.element_size(),
+        }
+    )
 
 
 def run_case(url: str, endpoint, workers: int, batch: int, batches: int, ranks: int) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=time_rank, args=(url, endpoint, workers, batch, batches, r, ranks, queue))
-             for r in range(ranks)]
+    procs = [
+        ctx.Process(target=time_rank, args=(url, endpoint, workers, batch, batches, r, ranks, queue))
+        for r in range(ranks)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
     per_rank = [r["samples"] / r["seconds"] for r in results]
-    return {"ranks": ranks, "workers": workers, "batch": batch, "batches": batches,
-            "samples_per_s": round(min(per_rank), 1), "total_samples_per_s": round(sum(per_rank), 1),
-            "mib_per_s": round(sum(r["bytes"] / r["seconds"] for r in results) / 2**20, 1),
-            "first_batch_s": round(max(r["first_batch_s"] for r in results), 2)}
+    return {
+        "ranks": ranks,
+        "workers": workers,
+        "batch": batch,
+        "batches": batches,
+        "samples_per_s": round(min(per_rank), 1),
+        "total_samples_per_s": round(sum(per_rank), 1),
+        "mib_per_s": round(sum(r["bytes"] / r["seconds"] for r in results) / 2**20, 1),
+        "first_batch_s": round(max(r["first_batch_s"] for r in results), 2),
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,10 +160,13 @@ def _main(argv) -> int:
         for where in args.where.split(","):
             for ranks in (int(v) for v in args.ranks.split(",")):
                 for workers in (int(v) for v in args.workers.split(",")):
-                    result = run_case(urls[where], endpoint if where == "s3" else None, workers, args.batch,
-                                      args.batches, ranks)
-                    print(json.dumps({"where": where, "sample_shape": shape, "cpus": os.cpu_count(), **result}),
-                          flush=True)
+                    result = run_case(
+                        urls[where], endpoint if where == "s3" else None, workers, args.batch, args.batches, ranks
+                    )
+                    print(
+                        json.dumps({"where": where, "sample_shape": shape, "cpus": os.cpu_count(), **result}),
+                        flush=True,
+                    )
     if server is not None:
         server.stop()
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Export a consolidated network (online weights or any EMA) from a sharded training checkpoint, as a network
-file (safetensors + config) that loads for sampling without DeepSpeed (`ect_scale.netfile.load_network_file`).
+file (safetensors + config) that loads for sampling without DeepSpeed (`ect_scale.networks.netfile.load_network_file`).
 
     python tools/export.py runs/ect-s --what power-0.050 --out nets/ect-s-0.050.safetensors
     python tools/export.py runs/ect-s/checkpoints/ckpt-000012800000 --what all --out nets/
@@ -21,12 +21,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.checkpoint.export import available, consolidated_network, find_checkpoint  # noqa: E402
-from ect_scale.errors import UserError  # noqa: E402
-from ect_scale.netfile import load_network_file, save_network_file  # noqa: E402
+from ect_scale.checkpoint.export import available, consolidated_network, find_checkpoint
+from ect_scale.networks.netfile import load_network_file, save_network_file
+from ect_scale.runtime import entry
+from ect_scale.runtime.errors import UserError
 
 
 def out_path(out: str, nimg: int, what: str, several: bool) -> str:
@@ -36,8 +34,9 @@ def out_path(out: str, nimg: int, what: str, several: bool) -> str:
     if is_dir:
         return f"{out.rstrip('/')}/network-{nimg // 1000:07d}-{what}.safetensors"
     if not out.endswith(".safetensors"):
-        raise UserError(f"--out {out}: should end in .safetensors",
-                        "name a .safetensors file, or a folder ending in '/'")
+        raise UserError(
+            f"--out {out}: should end in .safetensors", "name a .safetensors file, or a folder ending in '/'"
+        )
     return out
 
 

@@ -24,31 +24,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale.config.base import ConfigError  # noqa: E402
-from ect_scale.eval.cli import (add_detector_args, add_runtime_args, detectors_from_args,  # noqa: E402
-                                resolve_metrics, run_main)
-from ect_scale.eval.distributed import get_rank, get_world_size, is_main, print0  # noqa: E402
-from ect_scale.eval.images import ImageDataset, SourceDataset, rank_loader  # noqa: E402
-from ect_scale.eval.pipeline import compute_metrics, dataset_stats  # noqa: E402
-from ect_scale.eval.refs import load_reference, save_reference  # noqa: E402
+from ect_scale.config.base import ConfigError
+from ect_scale.eval.cli import add_detector_args, add_runtime_args, detectors_from_args, resolve_metrics, run_main
+from ect_scale.eval.images import ImageDataset, SourceDataset, rank_loader
+from ect_scale.eval.pipeline import compute_metrics, dataset_stats
+from ect_scale.eval.refs import load_reference, save_reference
+from ect_scale.runtime.dist import get_rank, get_world_size, is_main, print0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="DIR|ZIP|NPZ", help="images already at the training resolution, used as stored")
-    src.add_argument("--source", metavar="DIR|sklearn-digits", help="raw images (ImageNet class tree, flat folder, "
-                     "sklearn-digits), center-cropped to --resolution as tools/make_shards.py does")
-    src.add_argument("--shards", metavar="MANIFEST", help="a small shard dataset, decoded as samples are (with "
-                     "--classifier: the offline development metric)")
+    src.add_argument(
+        "--source",
+        metavar="DIR|sklearn-digits",
+        help="raw images (ImageNet class tree, flat folder, "
+        "sklearn-digits), center-cropped to --resolution as tools/make_shards.py does",
+    )
+    src.add_argument(
+        "--shards",
+        metavar="MANIFEST",
+        help="a small shard dataset, decoded as samples are (with --classifier: the offline development metric)",
+    )
     ap.add_argument("--resolution", type=int, default=None, help="with --source: crop size (ImageNet-512: 512)")
     ap.add_argument("--labels", default=None, help="with --source: labels file of a flat folder (as make_shards.py)")
     ap.add_argument("--out", default=None, metavar="PKL|NPZ", help="where to write the statistics")
@@ -75,10 +78,12 @@ def open_dataset(args) -> torch.utils.data.Dataset:
     if args.source is None:
         return ImageDataset(args.data, max_images=args.max_images, seed=args.seed)
     if not args.resolution:
-        raise ConfigError("--resolution: required with --source (the training resolution, e.g. 512 or 64). "
-                          "Fix: pass --resolution R")
-    return SourceDataset(args.source, args.resolution, max_images=args.max_images, seed=args.seed,
-                         labels_file=args.labels)
+        raise ConfigError(
+            "--resolution: required with --source (the training resolution, e.g. 512 or 64). Fix: pass --resolution R"
+        )
+    return SourceDataset(
+        args.source, args.resolution, max_images=args.max_images, seed=args.seed, labels_file=args.labels
+    )
 
 
 def main_body(args, device) -> int:
@@ -88,15 +93,28 @@ def main_body(args, device) -> int:
     if args.out and not args.out.endswith((".pkl", ".npz")):
         raise ConfigError(f"--out: {args.out} must end in .pkl (EDM2 format) or .npz (ours). Fix: rename it")
     dataset = open_dataset(args)
-    print0(f"[ref] {len(dataset):,} images of {dataset.resolution[1]}x{dataset.resolution[0]} from "
-           f"{args.data or args.source or args.shards}, metrics {metrics}, {get_world_size()} rank(s)")
-    loader = rank_loader(dataset, args.batch_gpu, get_rank(), get_world_size(), num_workers=args.workers,
-                         pin_memory=device.type == "cuda")
+    print0(
+        f"[ref] {len(dataset):,} images of {dataset.resolution[1]}x{dataset.resolution[0]} from "
+        f"{args.data or args.source or args.shards}, metrics {metrics}, {get_world_size()} rank(s)"
+    )
+    loader = rank_loader(
+        dataset,
+        args.batch_gpu,
+        get_rank(),
+        get_world_size(),
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
     t0 = time.perf_counter()
     stats = dataset_stats(loader, len(dataset), detectors, device, progress=args.progress, desc="ref")
-    report = {"data": args.data or args.source or args.shards, "num_images": len(dataset), "resolution": list(dataset.resolution),
-              "detectors": {m: d.describe() for m, d in detectors.items()}, "world_size": get_world_size(),
-              "wall_s": round(time.perf_counter() - t0, 2)}
+    report = {
+        "data": args.data or args.source or args.shards,
+        "num_images": len(dataset),
+        "resolution": list(dataset.resolution),
+        "detectors": {m: d.describe() for m, d in detectors.items()},
+        "world_size": get_world_size(),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
     if args.out and is_main():
         meta = {k: report[k] for k in ("data", "num_images", "resolution", "detectors")}
         report["out"], report["sha256"] = args.out, save_reference(args.out, stats, meta)

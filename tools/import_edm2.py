@@ -18,12 +18,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.edm2_import import import_edm2  # noqa: E402
-from ect_scale.edm2_import.convert import output_exists  # noqa: E402
-from ect_scale.errors import UserError  # noqa: E402
+from ect_scale.edm2_import import import_edm2
+from ect_scale.edm2_import.convert import output_exists
+from ect_scale.runtime import entry
+from ect_scale.runtime.errors import UserError
 
 
 def output_path(in_path: str, out: str) -> str:
@@ -39,9 +37,13 @@ def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN.pkl", help="EDM2 snapshot pickle: local path or fsspec URL")
     ap.add_argument("output", metavar="OUT", help="network file (.safetensors) or directory, local or fsspec URL")
-    ap.add_argument("--dtype", choices=["float32", "keep"], default="float32",
-                    help="stored tensor dtype: float32 (default; exact upcast of the pickle's fp16) or keep "
-                         "(the pickle's fp16, half the size)")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "keep"],
+        default="float32",
+        help="stored tensor dtype: float32 (default; exact upcast of the pickle's fp16) or keep "
+        "(the pickle's fp16, half the size)",
+    )
     ap.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     ap.add_argument("--no-verify", action="store_true", help="skip reloading the written file into Precond")
     ap.add_argument("--no-forward", action="store_true", help="verify tensors only, without a forward pass")
@@ -52,13 +54,21 @@ def _main(argv) -> int:
         ap.error(f"OUT: '{out}' should end in .safetensors (or be a directory ending in '/')")
     if output_exists(out) and not args.force:
         raise UserError(f"{out} exists", "pass --force to overwrite it, or choose another OUT")
-    result = import_edm2(args.input, out, dtype=args.dtype, verify=not args.no_verify,
-                         forward=not args.no_forward, log=lambda s: print(f"[import_edm2] {s}", flush=True))
+    result = import_edm2(
+        args.input,
+        out,
+        dtype=args.dtype,
+        verify=not args.no_verify,
+        forward=not args.no_forward,
+        log=lambda s: print(f"[import_edm2] {s}", flush=True),
+    )
     print(result.summary())
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"time       {secs}")
-    print(f"next       set `init: {out}` and `network.preset: {result.config.preset or '<see arch above>'}` in your "
-          "training config (docs/import.md)")
+    print(
+        f"next       set `init: {out}` and `network.preset: {result.config.preset or '<see arch above>'}` in your "
+        "training config (docs/import.md)"
+    )
     return 0
 
 

@@ -22,24 +22,28 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.data.encoders import SD_VAE_ID  # noqa: E402
-from ect_scale.data.storage import StorageOptions  # noqa: E402
+from ect_scale.data.encoders import SD_VAE_ID
+from ect_scale.data.storage import StorageOptions
+from ect_scale.runtime import entry
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="image folder (class subfolders, or flat with --labels) or "
-                                                    "'sklearn-digits'")
+    ap.add_argument(
+        "--source", required=True, help="image folder (class subfolders, or flat with --labels) or 'sklearn-digits'"
+    )
     ap.add_argument("--labels", help="labels file for a flat folder: EDM2 dataset.json or '<file> <label>' lines")
     ap.add_argument("--out", required=True, help="output folder: local path or fsspec URL (s3://bucket/prefix)")
     ap.add_argument("--resolution", type=int, required=True, help="image resolution after the center crop")
     kind = ap.add_mutually_exclusive_group(required=True)
     kind.add_argument("--pixels", action="store_true", help="store uint8 RGB pixels [3,H,W]")
-    kind.add_argument("--vae", nargs="?", const=SD_VAE_ID, metavar="DIR_OR_ID",
-                      help=f"store SD-VAE posterior moments [8,H/8,W/8] (default id: {SD_VAE_ID})")
+    kind.add_argument(
+        "--vae",
+        nargs="?",
+        const=SD_VAE_ID,
+        metavar="DIR_OR_ID",
+        help=f"store SD-VAE posterior moments [8,H/8,W/8] (default id: {SD_VAE_ID})",
+    )
     ap.add_argument("--grayscale", action="store_true", help="with --pixels: store 1-channel luma [1,H,W]")
     ap.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="latent storage dtype")
     ap.add_argument("--shard-size", type=int, default=1000, help="max samples per shard (default 1000)")
@@ -47,8 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of the permutation applied before sharding")
     ap.add_argument("--limit", type=int, help="convert only this many images (a random subset; for trial runs)")
     ap.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this writer (default $RANK)")
-    ap.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
-                    help="number of writers (default $WORLD_SIZE)")
+    ap.add_argument(
+        "--world-size",
+        type=int,
+        default=int(os.environ.get("WORLD_SIZE", 1)),
+        help="number of writers (default $WORLD_SIZE)",
+    )
     ap.add_argument("--device", help="VAE device (default cuda:$LOCAL_RANK if available, else cpu)")
     ap.add_argument("--batch", type=int, default=32, help="images per VAE call")
     ap.add_argument("--io-threads", type=int, default=8, help="image decoding threads")
@@ -79,15 +87,29 @@ def _main(argv) -> int:
     args = parse_args(argv)
     from ect_scale.data.convert import PixelConverter, VaeConverter
     from ect_scale.data.images import open_source
-    from ect_scale.data.shard_writer import WriterOptions, finalize, plan_shards, write_shards, plan_dict
+    from ect_scale.data.shard_writer import WriterOptions, finalize, plan_dict, plan_shards, write_shards
 
-    opts = WriterOptions(resolution=args.resolution, shard_size=args.shard_size, num_shards=args.num_shards,
-                         seed=args.seed, limit=args.limit, rank=args.rank, world_size=args.world_size,
-                         batch=args.batch, io_threads=args.io_threads, verify=args.verify,
-                         wait_timeout_s=args.wait_timeout_s, progress_s=args.progress_s)
+    opts = WriterOptions(
+        resolution=args.resolution,
+        shard_size=args.shard_size,
+        num_shards=args.num_shards,
+        seed=args.seed,
+        limit=args.limit,
+        rank=args.rank,
+        world_size=args.world_size,
+        batch=args.batch,
+        io_threads=args.io_threads,
+        verify=args.verify,
+        wait_timeout_s=args.wait_timeout_s,
+        progress_s=args.progress_s,
+    )
     storage = StorageOptions(endpoint_url=args.endpoint_url)
     source = open_source(args.source, args.labels)
-    converter = PixelConverter(args.grayscale) if args.pixels else VaeConverter(args.vae, args.device or default_device(), args.dtype)
+    converter = (
+        PixelConverter(args.grayscale)
+        if args.pixels
+        else VaeConverter(args.vae, args.device or default_device(), args.dtype)
+    )
     if args.finalize_only:
         shards = plan_shards(len(source), opts)
         finalize(args.out, len(shards), plan_dict(source, converter, opts, shards), storage, args.wait_timeout_s)

@@ -9,24 +9,27 @@ fwd_flops is hardware FLOPs per sample for one forward pass (2 x EDM2's MAC-base
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.config import NetworkConfig, from_dict  # noqa: E402
-from ect_scale.networks.flops import model_stats  # noqa: E402
-from ect_scale.networks.presets import PRESETS, TABLE6_MPARAMS  # noqa: E402
+from ect_scale.config import NetworkConfig, from_dict
+from ect_scale.config.presets import PRESETS, TABLE6_MPARAMS
+from ect_scale.networks.flops import model_stats
+from ect_scale.runtime import entry
 
 
 def stats_for(preset: str) -> dict:
     cfg = from_dict(NetworkConfig, {"preset": preset}, "network")
     s = model_stats(cfg)
-    out = {"preset": preset, "params": s["params"], "params_M": round(s["params"] / 1e6, 2),
-           "fwd_flops": s["fwd_flops"], "fwd_gflops": round(s["fwd_flops"] / 1e9, 2),
-           "fwd_macs": s["fwd_macs"], "fwd_matmul_flops": s["fwd_matmul_flops"],
-           "train_step_flops": s["train_step_flops"]}
+    out = {
+        "preset": preset,
+        "params": s["params"],
+        "params_M": round(s["params"] / 1e6, 2),
+        "fwd_flops": s["fwd_flops"],
+        "fwd_gflops": round(s["fwd_flops"] / 1e9, 2),
+        "fwd_macs": s["fwd_macs"],
+        "fwd_matmul_flops": s["fwd_matmul_flops"],
+        "train_step_flops": s["train_step_flops"],
+    }
     if preset in TABLE6_MPARAMS:
         out["edm2_table6_params_M"] = TABLE6_MPARAMS[preset]
     return out
@@ -39,7 +42,7 @@ def _main(argv) -> int:
     args = ap.parse_args(argv)
     if not args.all and not args.preset:
         ap.error("give --preset NAME or --all")
-    for name in (sorted(PRESETS) if args.all else [args.preset]):
+    for name in sorted(PRESETS) if args.all else [args.preset]:
         print(json.dumps(stats_for(name)))
     return 0
 

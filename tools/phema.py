@@ -12,26 +12,24 @@ the newest snapshot. For each requested sigma_rel the tool solves EDM2's least-s
 function profiles, column-normalises the weights, prints the relative L2 error of the reconstructed averaging
 profile (how well the snapshots can express that EMA: below 1e-3 is excellent; it grows for sigma_rel outside
 the stored range and for sparse snapshots), and writes `phema-<kimg:07d>-<sigma:.3f>.safetensors` network files
-(loadable with ect_scale.netfile.load_network_file, no DeepSpeed). Inputs are streamed once per batch of outputs.
+(loadable with ect_scale.networks.netfile.load_network_file, no DeepSpeed). Inputs are streamed once per batch of
+outputs.
 """
 
 import argparse
 import json
-import os
 import sys
 
 import fsspec
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.config import parse_nimg  # noqa: E402
-from ect_scale.errors import UserError  # noqa: E402
-from ect_scale.netfile import read_network_file, save_network_file  # noqa: E402
-from ect_scale.networks.precond import Precond  # noqa: E402
-from ect_scale.phema import combine, profile_error, solve_posthoc_coefficients  # noqa: E402
+from ect_scale.config import parse_nimg
+from ect_scale.engine.phema import combine, profile_error, solve_posthoc_coefficients
+from ect_scale.networks.netfile import read_network_file, save_network_file
+from ect_scale.networks.precond import Precond
+from ect_scale.runtime import entry
+from ect_scale.runtime.errors import UserError
 
 
 def read_meta(path: str) -> dict:
@@ -56,29 +54,34 @@ def list_snapshots(folder: str) -> list[tuple[int, float, str]]:
             continue
         ema, nimg = str(meta.get("ema", "")), meta.get("nimg")
         if ema.startswith("power-") and nimg is not None and int(nimg) > 0:
-            found.append((int(nimg), float(ema[len("power-"):]), path))
+            found.append((int(nimg), float(ema[len("power-") :]), path))
     return sorted(found)
 
 
 def parse_stds(text: str) -> list[float]:
     stds = [float(s) for s in text.split(",") if s.strip()]
-    bad = [s for s in stds if not 0 < s < 12 ** -0.5]
+    bad = [s for s in stds if not 0 < s < 12**-0.5]
     if not stds or bad:
-        raise UserError(f"--std: each sigma_rel must be in (0, 0.2887) (got {bad or text!r})",
-                        "pass e.g. --std 0.02,0.05,0.1")
+        raise UserError(
+            f"--std: each sigma_rel must be in (0, 0.2887) (got {bad or text!r})", "pass e.g. --std 0.02,0.05,0.1"
+        )
     return stds
 
 
 def plan(snaps, stds: list[float], at_nimg: int | None):
     """Inputs used, the output time and the weights [n_in, n_out]."""
     if not snaps:
-        raise UserError("no power-EMA snapshots found", "point IN at <run_dir>/ema (files exported every "
-                        "ema.export_nimg with ema.stds set)")
+        raise UserError(
+            "no power-EMA snapshots found",
+            "point IN at <run_dir>/ema (files exported every ema.export_nimg with ema.stds set)",
+        )
     t_out = at_nimg if at_nimg is not None else snaps[-1][0]
     used = [s for s in snaps if s[0] <= t_out]
     if len(used) < 2:
-        raise UserError(f"only {len(used)} snapshots at or before {t_out:,} images",
-                        "choose a later --at-nimg, or export more often (ema.export_nimg)")
+        raise UserError(
+            f"only {len(used)} snapshots at or before {t_out:,} images",
+            "choose a later --at-nimg, or export more often (ema.export_nimg)",
+        )
     ofs, sig = [s[0] for s in used], [s[1] for s in used]
     X = solve_posthoc_coefficients(ofs, sig, [t_out] * len(stds), stds)
     return used, t_out, X, profile_error(ofs, sig, [t_out] * len(stds), stds, X)
@@ -93,9 +96,18 @@ def write_outputs(used, t_out: int, stds: list[float], X: np.ndarray, out: str, 
         states = (read_network_file(p)[0] for _, _, p in used)
         for k, state in zip(cols, combine(states, X[:, cols], copy_keys=buffers)):
             path = f"{out.rstrip('/')}/phema-{t_out // 1000:07d}-{stds[k]:.3f}.safetensors"
-            meta = {**meta0, "source": "ect_scale phema", "nimg": t_out, "ema": f"phema-{stds[k]:.3f}",
-                    "phema": {"inputs": len(used), "input_stds": sorted({s for _, s, _ in used}),
-                              "first_nimg": used[0][0], "last_nimg": used[-1][0]}}
+            meta = {
+                **meta0,
+                "source": "ect_scale phema",
+                "nimg": t_out,
+                "ema": f"phema-{stds[k]:.3f}",
+                "phema": {
+                    "inputs": len(used),
+                    "input_stds": sorted({s for _, s, _ in used}),
+                    "first_nimg": used[0][0],
+                    "last_nimg": used[-1][0],
+                },
+            }
             save_network_file(path, state, config, meta=meta, dtype=dtype)
             paths.append(path)
             print(f"[phema] wrote {path}", flush=True)
@@ -106,8 +118,9 @@ def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN", help="folder of exported EMA snapshots (<run_dir>/ema), local or URL")
     ap.add_argument("--std", required=True, help="comma-separated sigma_rel values to reconstruct, e.g. 0.02,0.08")
-    ap.add_argument("--at-nimg", default=None,
-                    help="output time in images (12.8M, 64Mi, ...); default: the newest snapshot")
+    ap.add_argument(
+        "--at-nimg", default=None, help="output time in images (12.8M, 64Mi, ...); default: the newest snapshot"
+    )
     ap.add_argument("--out", default=None, help="output folder (local or URL); default: <IN>/../phema")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     ap.add_argument("--batch", type=int, default=8, help="outputs per pass over the inputs (memory: batch x model)")
@@ -119,14 +132,22 @@ def _main(argv) -> int:
     try:
         used, t_out, X, err = plan(list_snapshots(args.input), stds, at)
     except np.linalg.LinAlgError as e:
-        raise UserError(f"the post-hoc EMA system cannot be solved ({e})", "use snapshots of more distinct times or "
-                        "sigma_rel values, or fewer outputs") from e
+        raise UserError(
+            f"the post-hoc EMA system cannot be solved ({e})",
+            "use snapshots of more distinct times or sigma_rel values, or fewer outputs",
+        ) from e
     in_stds = sorted({s for _, s, _ in used})
-    print(f"[phema] {len(used)} snapshots of sigma_rel {in_stds} from {used[0][0]:,} to {used[-1][0]:,} images; "
-          f"output at {t_out:,} images", flush=True)
+    print(
+        f"[phema] {len(used)} snapshots of sigma_rel {in_stds} from {used[0][0]:,} to {used[-1][0]:,} images; "
+        f"output at {t_out:,} images",
+        flush=True,
+    )
     for k, s in enumerate(stds):
-        print(f"[phema]   sigma_rel {s:.3f}: profile error {err[k]:.2e}, weights in [{X[:, k].min():+.3f}, "
-              f"{X[:, k].max():+.3f}]", flush=True)
+        print(
+            f"[phema]   sigma_rel {s:.3f}: profile error {err[k]:.2e}, weights in [{X[:, k].min():+.3f}, "
+            f"{X[:, k].max():+.3f}]",
+            flush=True,
+        )
     if args.dry_run:
         return 0
     out = args.out or args.input.rstrip("/").rsplit("/", 1)[0] + "/phema"

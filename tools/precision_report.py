@@ -23,9 +23,7 @@ import os
 import platform
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import torch  # noqa: E402
+import torch
 
 
 def parse_args(argv=None):
@@ -34,16 +32,25 @@ def parse_args(argv=None):
     src.add_argument("--net", help="network file: EMA export, imported EDM2 teacher, checkpoint export (local or URL)")
     src.add_argument("--preset", help="network preset with random EDM2 initialisation (e.g. edm2-img512-s)")
     ap.add_argument("--gain", type=float, default=1.0, help="--preset: value of the output and embedding gains")
-    ap.add_argument("--config", help="recipe (or a run's config.yaml) for the stages, q, k, b and c; "
-                                     "default: ECT's ImageNet-64 values with 4 stages")
+    ap.add_argument(
+        "--config",
+        help="recipe (or a run's config.yaml) for the stages, q, k, b and c; "
+        "default: ECT's ImageNet-64 values with 4 stages",
+    )
     ap.add_argument("--stages", default=None, help="comma list of stages (default: every stage of the recipe)")
     ap.add_argument("--t", default="0.5,2,10,80", help="comma list of t (default 0.5,2,10,80)")
     ap.add_argument("--modes", default="bf16,fp16,tf32", help="comma list (default bf16,fp16,tf32)")
     ap.add_argument("--samples", type=int, default=8, help="samples per measurement (median over them)")
-    ap.add_argument("--data", help="shards manifest to take x0 and labels from (default: Gaussian x0 with std sigma_data)")
+    ap.add_argument(
+        "--data", help="shards manifest to take x0 and labels from (default: Gaussian x0 with std sigma_data)"
+    )
     ap.add_argument("--grads", action="store_true", help="also the gradient's rounding error vs minibatch noise")
-    ap.add_argument("--compile", action="store_true", help="run the modes through torch.compile (the kernels of "
-                    "compiled training; one compile per mode); the fp32 reference and --grads stay eager")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the modes through torch.compile (the kernels of "
+        "compiled training; one compile per mode); the fp32 reference and --grads stay eager",
+    )
     ap.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON report here")
@@ -52,8 +59,8 @@ def parse_args(argv=None):
 
 def load_net(args, device):
     from ect_scale.config import NetworkConfig, from_dict
-    from ect_scale.netfile import load_network_file
     from ect_scale.networks import build_network, forced_weight_norm_
+    from ect_scale.networks.netfile import load_network_file
 
     if args.net:
         net, _ = load_network_file(args.net, overrides={"compute_dtype": "float32"})
@@ -87,26 +94,40 @@ def inputs(args, net, device, num_batches: int):
         return out
     gen = torch.Generator().manual_seed(args.seed)
     shape = (args.samples, net.img_channels, net.img_resolution, net.img_resolution)
-    return [((torch.randn(shape, generator=gen) * net.sigma_data).to(device),
-             torch.randint(net.label_dim, (args.samples,), generator=gen).to(device) if net.label_dim else None)
-            for _ in range(num_batches)]
+    return [
+        (
+            (torch.randn(shape, generator=gen) * net.sigma_data).to(device),
+            torch.randint(net.label_dim, (args.samples,), generator=gen).to(device) if net.label_dim else None,
+        )
+        for _ in range(num_batches)
+    ]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ect_scale.config import ConfigError, ECTConfig, load_config
-    from ect_scale.precision_report import format_table, last_stage_summary, report, stage_count
+    from ect_scale.precision.report import format_table, last_stage_summary, report, stage_count
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     try:
         # Only the recipe's ECT schedule and duration are used: its data need not be reachable from here.
         cfg = load_config(args.config, ["--data.kind=synthetic"]) if args.config else None
         ect = cfg.ect if cfg is not None else ECTConfig()
-        stages = ([int(s) for s in args.stages.split(",")] if args.stages else
-                  list(range(stage_count(ect, cfg.train.total_nimg if cfg else None))))
+        stages = (
+            [int(s) for s in args.stages.split(",")]
+            if args.stages
+            else list(range(stage_count(ect, cfg.train.total_nimg if cfg else None)))
+        )
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        bad = [m for m in modes if m.split("@")[0] not in ("bf16", "fp16", "tf32", "fp32") or m.split("@")[1:] not in ([], ["bf16"])]
+        bad = [
+            m
+            for m in modes
+            if m.split("@")[0] not in ("bf16", "fp16", "tf32", "fp32") or m.split("@")[1:] not in ([], ["bf16"])
+        ]
         if bad:
             raise ConfigError(f"--modes: unknown {bad}. Fix: use bf16, fp16, tf32, fp32, optionally with @bf16")
         net = load_net(args, device)
@@ -115,18 +136,38 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     x0, labels = batches[0]
-    result = report(net, x0, labels, ect, stages, [float(t) for t in args.t.split(",")], modes,
-                    grads=args.grads, grad_batches=batches, compiled=args.compile)
-    result.update({"source": args.net or f"{args.preset} (random init, gains {args.gain})", "config": args.config,
-                   "samples": args.samples, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else platform.processor() or "cpu", "torch": torch.__version__,
-                   "last_stage_error_vs_tf32": last_stage_summary(result)})
-    print(f"precision report: {result['source']} on {result['device']} ({args.samples} samples; "
-          f"{'compiled' if args.compile else 'eager'}; errors against eager fp32 with TF32 off; medians over samples)")
+    result = report(
+        net,
+        x0,
+        labels,
+        ect,
+        stages,
+        [float(t) for t in args.t.split(",")],
+        modes,
+        grads=args.grads,
+        grad_batches=batches,
+        compiled=args.compile,
+    )
+    result.update(
+        {
+            "source": args.net or f"{args.preset} (random init, gains {args.gain})",
+            "config": args.config,
+            "samples": args.samples,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "last_stage_error_vs_tf32": last_stage_summary(result),
+        }
+    )
+    print(
+        f"precision report: {result['source']} on {result['device']} ({args.samples} samples; "
+        f"{'compiled' if args.compile else 'eager'}; errors against eager fp32 with TF32 off; medians over samples)"
+    )
     print(format_table(result))
     if result["last_stage_error_vs_tf32"]:
-        print("last stage, error relative to tf32 (median over t): " + ", ".join(
-            f"{m} {v:.2f}x" for m, v in result["last_stage_error_vs_tf32"].items()))
+        print(
+            "last stage, error relative to tf32 (median over t): "
+            + ", ".join(f"{m} {v:.2f}x" for m, v in result["last_stage_error_vs_tf32"].items())
+        )
     if device.type == "cpu" and any(m.startswith("tf32") for m in modes):
         print("note: on a CPU there is no TF32, so tf32 equals fp32 here")
     if args.out:

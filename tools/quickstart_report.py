@@ -19,9 +19,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-# ECT's 1-A100-hour CIFAR-10 run reaches 2-step FID 2.73 against its EDM teacher's 1.97 at 35 NFE (ect.md §3).
+# ECT's 1-A100-hour CIFAR-10 run reaches 2-step FID 2.73 against its EDM teacher's 1.97 at 35 NFE (ECT Table 1;
+# locuslab/ect README).
 PAPER_RATIO = 2.73 / 1.97
 
 
@@ -73,26 +72,37 @@ def main(argv=None) -> int:
     half_a, half_b = split_halves(len(images))
     num = min(args.num, len(half_b))
     ref = image_stats(detector, images[half_a])
-    rows = [real_row(detector, images[half_b[:num]], labels[half_b[:num]], ref),
-            Row("teacher, Heun 32 steps", teacher, SamplerSpec(kind="heun", num_steps=32)),
-            Row("teacher, Heun 2 steps", teacher, SamplerSpec(kind="heun", num_steps=2)),
-            Row("teacher, Euler 2 steps", teacher, SamplerSpec(kind="heun", num_steps=2, order=1)),
-            Row("ECT, 1 step", ect, SamplerSpec(kind="consistency")),
-            Row(f"ECT, 2 steps (t_mid {t_mid:g})", ect, SamplerSpec(kind="consistency", t_mid=(t_mid,)))]
+    rows = [
+        real_row(detector, images[half_b[:num]], labels[half_b[:num]], ref),
+        Row("teacher, Heun 32 steps", teacher, SamplerSpec(kind="heun", num_steps=32)),
+        Row("teacher, Heun 2 steps", teacher, SamplerSpec(kind="heun", num_steps=2)),
+        Row("teacher, Euler 2 steps", teacher, SamplerSpec(kind="heun", num_steps=2, order=1)),
+        Row("ECT, 1 step", ect, SamplerSpec(kind="consistency")),
+        Row(f"ECT, 2 steps (t_mid {t_mid:g})", ect, SamplerSpec(kind="consistency", t_mid=(t_mid,))),
+    ]
     score_rows(rows, encoder, detector, ref, num, device)
     baseline = rows[1]
     table = format_rows(rows, baseline)
     out_dir = args.out or os.path.join(run, "report")
     grids = write_grids(out_dir, rows, images, labels, half_b, encoder, device)
-    report = {"rows": to_json(rows, baseline), "num": num, "reference": f"{len(half_a)} real images (half A)",
-              "teacher": teacher_path, "ect": ect_path, "classifier": detector.describe(),
-              "classifier_heldout_accuracy": detector.meta.get("heldout_accuracy"), "grids": grids,
-              "wall_s": round(time.perf_counter() - t0, 1)}
+    report = {
+        "rows": to_json(rows, baseline),
+        "num": num,
+        "reference": f"{len(half_a)} real images (half A)",
+        "teacher": teacher_path,
+        "ect": ect_path,
+        "classifier": detector.describe(),
+        "classifier_heldout_accuracy": detector.meta.get("heldout_accuracy"),
+        "grids": grids,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\nQuickstart report ({num} samples per row; FD in the features of the quickstart's digit classifier, "
-          f"held-out accuracy {detector.meta.get('heldout_accuracy', float('nan')):.3f}; development metric, not FID)")
+    print(
+        f"\nQuickstart report ({num} samples per row; FD in the features of the quickstart's digit classifier, "
+        f"held-out accuracy {detector.meta.get('heldout_accuracy', float('nan')):.3f}; development metric, not FID)"
+    )
     print(table)
     print(verdict(rows))
     print(f"Grids: {out_dir}/*.png   JSON: {out_dir}/report.json   ({report['wall_s']:.0f} s)")
@@ -103,9 +113,11 @@ def verdict(rows) -> str:
     _, t32, t2, t2e, _, e2 = rows
     best2 = min(t2.fd, t2e.fd)  # The teacher's better 2-step sampler.
     gain = f"{best2 / e2.fd:.1f}x closer than" if e2.fd < best2 else f"{e2.fd / best2:.1f}x farther than"
-    return (f"ECT 2 steps vs teacher 32 steps: {e2.fd / t32.fd:.2f}x the distance (target <= 2x; ECT's CIFAR-10 "
-            f"1-hour run: {PAPER_RATIO:.2f}x); {gain} the teacher's best 2-step sampler; {e2.nfe} instead of "
-            f"{t32.nfe} network evaluations.")
+    return (
+        f"ECT 2 steps vs teacher 32 steps: {e2.fd / t32.fd:.2f}x the distance (target <= 2x; ECT's CIFAR-10 "
+        f"1-hour run: {PAPER_RATIO:.2f}x); {gain} the teacher's best 2-step sampler; {e2.nfe} instead of "
+        f"{t32.nfe} network evaluations."
+    )
 
 
 def write_grids(out_dir: str, rows, images, labels, half_b, encoder, device) -> dict:
@@ -113,20 +125,25 @@ def write_grids(out_dir: str, rows, images, labels, half_b, encoder, device) -> 
     import torch
 
     from ect_scale.ect import generate
-    from ect_scale.samples import auto_zoom, make_grid, save_png
+    from ect_scale.eval.grids import auto_zoom, make_grid, save_png
 
     per, paths = 10, {}
     classes = [c for c in range(int(labels.max()) + 1) for _ in range(per)]
     for row in rows:
         if row.net is None:
-            picks = torch.cat([torch.as_tensor(half_b)[labels[half_b] == c][:per] for c in range(int(labels.max()) + 1)])
+            picks = torch.cat(
+                [torch.as_tensor(half_b)[labels[half_b] == c][:per] for c in range(int(labels.max()) + 1)]
+            )
             grid_images = images[picks]
         else:
             onehot = torch.nn.functional.one_hot(torch.tensor(classes), row.net.label_dim).float()
-            kw = (dict(sampler="consistency", t_mid=row.spec.t_mid) if row.spec.kind == "consistency" else
-                  dict(sampler="heun", num_steps=row.spec.num_steps, order=row.spec.order))
+            kw = (
+                dict(sampler="consistency", t_mid=row.spec.t_mid)
+                if row.spec.kind == "consistency"
+                else dict(sampler="heun", num_steps=row.spec.num_steps, order=row.spec.order)
+            )
             grid_images = encoder.decode(generate(row.net, list(range(len(classes))), device, labels=onehot, **kw))
-        name = (row.spec.name if row.spec is not None else "real")
+        name = row.spec.name if row.spec is not None else "real"
         paths[row.name] = os.path.join(out_dir, f"{name}.png")
         save_png(make_grid(grid_images.cpu(), cols=per, pad=2, zoom=auto_zoom(grid_images.shape[-1])), paths[row.name])
     return paths

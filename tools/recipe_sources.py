@@ -9,9 +9,6 @@ tests/config/test_recipe_sources.py.
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ect_scale.config import load_config
     from ect_scale.config.sources import file_unsourced_options, sourced_rows, unsourced_options
+
     ap = argparse.ArgumentParser(description="Print every sourced or non-default value of a recipe with its source.")
     ap.add_argument("configs", nargs="+", help="YAML recipes")
     args = ap.parse_args(argv)
@@ -29,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {os.path.basename(path)}")
         for k, default, v, src in sourced_rows(cfg):
             print(f"{k} = {v!r}  (default/preset {default!r})\n    {src}")
-        missing = unsourced_options(cfg) + [f"{k} (set in this file, sourced only in a base)"
-                                            for k in file_unsourced_options(path)]
+        missing = unsourced_options(cfg) + [
+            f"{k} (set in this file, sourced only in a base)" for k in file_unsourced_options(path)
+        ]
         for k in missing:
             print(f"UNSOURCED {k}")
         bad += len(missing)

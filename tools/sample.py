@@ -19,8 +19,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,8 +30,12 @@ def parse_args(argv=None):
     ap.add_argument("--heun-steps", type=int, default=32, help="EDM sampler steps (Heun NFE 2N-1, Euler NFE N)")
     ap.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 0,5,10-19 (default 0-63)")
     ap.add_argument("--classes", default=None, help="fix classes, e.g. 3 or 0-9 (default: drawn per seed)")
-    ap.add_argument("--per-class", type=int, default=None, help="with --classes: samples per class (one grid row "
-                    "each), seeds counted from the first of --seeds")
+    ap.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="with --classes: samples per class (one grid row each), seeds counted from the first of --seeds",
+    )
     ap.add_argument("--grid", default=None, metavar="PNG", help="write a padded grid here")
     ap.add_argument("--cols", type=int, default=None, help="grid columns (default: square, or --per-class)")
     ap.add_argument("--zoom", type=int, default=None, help="magnification of each image (default: cells >= 32 px)")
@@ -71,44 +73,64 @@ def main(argv=None) -> int:
     import torch
 
     from ect_scale.ect import generate
+    from ect_scale.eval.grids import auto_zoom, make_grid, save_png
     from ect_scale.eval.pipeline import load_for_eval
-    from ect_scale.samples import auto_zoom, make_grid, save_png
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     t_mid = [float(t) for t in args.t_mid.split(",")] if args.t_mid else []
     try:
         if args.sampler == "consistency" and len(t_mid) < args.steps - 1:
-            raise ValueError(f"--t-mid: {args.steps} steps need {args.steps - 1} intermediate time(s). Fix: pass "
-                             "--t-mid (the run's ect.t_mid; ECT ImageNet-64: 1.526)")
+            raise ValueError(
+                f"--t-mid: {args.steps} steps need {args.steps - 1} intermediate time(s). Fix: pass "
+                "--t-mid (the run's ect.t_mid; ECT ImageNet-64: 1.526)"
+            )
         net, meta, encoder = load_for_eval(args.net, device, args.vae)
         seeds, classes = plan(args, net.label_dim)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    kw = (dict(sampler="consistency", t_max=args.t_max, t_mid=t_mid[:args.steps - 1]) if args.sampler == "consistency"
-          else dict(sampler="heun", t_max=args.t_max, num_steps=args.heun_steps, order=2 if args.sampler == "heun" else 1))
+    kw = (
+        dict(sampler="consistency", t_max=args.t_max, t_mid=t_mid[: args.steps - 1])
+        if args.sampler == "consistency"
+        else dict(sampler="heun", t_max=args.t_max, num_steps=args.heun_steps, order=2 if args.sampler == "heun" else 1)
+    )
     images, labels = [], []
     for i in range(0, len(seeds), args.batch):
-        batch = [int(s) for s in seeds[i:i + args.batch]]
+        batch = [int(s) for s in seeds[i : i + args.batch]]
         onehot = None
         if classes is not None:
-            onehot = torch.nn.functional.one_hot(torch.tensor(classes[i:i + args.batch]), net.label_dim).float()
+            onehot = torch.nn.functional.one_hot(torch.tensor(classes[i : i + args.batch]), net.label_dim).float()
             onehot = onehot.to(device)
         x = generate(net, batch, device, labels=onehot, **kw)
         images.append(encoder.decode(x).cpu())
-        labels.extend(classes[i:i + args.batch] if classes is not None else _drawn_labels(net, batch, device))
+        labels.extend(classes[i : i + args.batch] if classes is not None else _drawn_labels(net, batch, device))
     images = torch.cat(images)
     if args.grid:
         cols = args.cols or (args.per_class if args.per_class else None)
         save_png(make_grid(images, cols=cols, pad=2, zoom=args.zoom or auto_zoom(images.shape[-1])), args.grid)
     if args.npz:
         os.makedirs(os.path.dirname(os.path.abspath(args.npz)), exist_ok=True)
-        np.savez_compressed(args.npz, images=images.permute(0, 2, 3, 1).numpy(), labels=np.asarray(labels),
-                            seeds=np.asarray(seeds))
-    print(json.dumps({"net": args.net, "num": len(seeds), "sampler": kw, "grid": args.grid, "npz": args.npz,
-                      "device": str(device), "wall_s": round(time.perf_counter() - t0, 2)}))
+        np.savez_compressed(
+            args.npz, images=images.permute(0, 2, 3, 1).numpy(), labels=np.asarray(labels), seeds=np.asarray(seeds)
+        )
+    print(
+        json.dumps(
+            {
+                "net": args.net,
+                "num": len(seeds),
+                "sampler": kw,
+                "grid": args.grid,
+                "npz": args.npz,
+                "device": str(device),
+                "wall_s": round(time.perf_counter() - t0, 2),
+            }
+        )
+    )
     return 0
 
 

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ect_scale.config.base import ConfigError  # noqa: E402
-from ect_scale.eval.cli import (add_detector_args, add_runtime_args, detectors_from_args,  # noqa: E402
-                                float_list, run_main)
-from ect_scale.eval.distributed import is_main, print0  # noqa: E402
-from ect_scale.eval.pipeline import compute_metrics, generated_stats, load_for_eval  # noqa: E402
-from ect_scale.eval.refs import load_reference  # noqa: E402
-from ect_scale.eval.sampling import SamplerSpec  # noqa: E402
+from ect_scale.config.base import ConfigError
+from ect_scale.eval.cli import add_detector_args, add_runtime_args, detectors_from_args, float_list, run_main
+from ect_scale.eval.pipeline import compute_metrics, generated_stats, load_for_eval
+from ect_scale.eval.refs import load_reference
+from ect_scale.eval.sampling import SamplerSpec
+from ect_scale.runtime.dist import is_main, print0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,14 +78,25 @@ def evaluate(values, args, net, encoder, detectors, reference, device) -> dict[f
     upper = args.prefix[-1] if args.prefix else args.t_max
     for t in values:
         if not 0 < t < upper:
-            raise ConfigError(f"--grid/--values: t_mid {t} must lie in (0, {upper}) (below --prefix's last time "
-                              "and --t-max). Fix: narrow the grid")
+            raise ConfigError(
+                f"--grid/--values: t_mid {t} must lie in (0, {upper}) (below --prefix's last time "
+                "and --t-max). Fix: narrow the grid"
+            )
     prefix = tuple(args.prefix)
     specs = [SamplerSpec(t_mid=prefix, t_max=args.t_max, label="baseline")]
     specs += [SamplerSpec(t_mid=prefix + (t,), t_max=args.t_max, label=f"t_mid={t:.6g}") for t in values]
     seeds = np.arange(args.seed, args.seed + args.num, dtype=np.int64)
-    stats = generated_stats(net, encoder, detectors, seeds, specs, args.batch_gpu, device, progress=args.progress,
-                            desc=f"t_mid x{len(values)}")
+    stats = generated_stats(
+        net,
+        encoder,
+        detectors,
+        seeds,
+        specs,
+        args.batch_gpu,
+        device,
+        progress=args.progress,
+        desc=f"t_mid x{len(values)}",
+    )
     scores = {t: compute_metrics(stats[s.name], reference)[args.metric] for t, s in zip(values, specs[1:])}
     scores[0.0] = compute_metrics(stats["baseline"], reference)[args.metric]
     return scores
@@ -115,10 +122,18 @@ def main_body(args, device) -> int:
             scores.update(more)
     best = min(scores, key=scores.get)
     table = [{"t_mid": t, args.metric: scores[t]} for t in sorted(scores, reverse=True)]
-    report = {"net": args.net, "prefix": list(args.prefix), "num": args.num, "metric": args.metric,
-              "steps": len(args.prefix) + 2, f"baseline_{len(args.prefix) + 1}step": baseline, "table": table,
-              "best": {"t_mid": best, args.metric: scores[best]}, "ref_sha256": reference.sha256,
-              "wall_s": round(time.perf_counter() - t0, 2)}
+    report = {
+        "net": args.net,
+        "prefix": list(args.prefix),
+        "num": args.num,
+        "metric": args.metric,
+        "steps": len(args.prefix) + 2,
+        f"baseline_{len(args.prefix) + 1}step": baseline,
+        "table": table,
+        "best": {"t_mid": best, args.metric: scores[best]},
+        "ref_sha256": reference.sha256,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
     for row in table:
         mark = "  <- best" if row["t_mid"] == best else ""
         print0(f"  t_mid {row['t_mid']:8.4f}  {args.metric} {row[args.metric]:9.4f}{mark}")

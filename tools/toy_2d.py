@@ -8,15 +8,12 @@ ECT-tune it, and print sliced Wasserstein distances (lower is better) as JSON.
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from ect_scale import entry  # noqa: E402
-from ect_scale.toy.gmm2d import run_toy  # noqa: E402
+from ect_scale.runtime import entry
+from ect_scale.toy.gmm2d import run_toy
 
 
 def _main(argv) -> int:

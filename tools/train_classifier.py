@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Train the small classifier behind the offline development metric `fd_classifier` on a (small) shard dataset.
 
-    python tools/train_classifier.py --data runs/quickstart/data/manifest.json --out runs/quickstart/classifier.safetensors
-    python tools/fid_ref.py --shards runs/quickstart/data/manifest.json --classifier runs/quickstart/classifier.safetensors --out refs.npz
-    python launchers/evaluate.py --net EMA --classifier runs/quickstart/classifier.safetensors --ref refs.npz --num-samples 1000
+    python tools/train_classifier.py --data runs/quickstart/data/manifest.json --out
+    runs/quickstart/classifier.safetensors
+    python tools/fid_ref.py --shards runs/quickstart/data/manifest.json --classifier
+    runs/quickstart/classifier.safetensors --out refs.npz
+    python launchers/evaluate.py --net EMA --classifier runs/quickstart/classifier.safetensors --ref refs.npz
+    --num-samples 1000
 
 The metric is the Fréchet distance in this classifier's penultimate features, plus the accuracy of class-conditional
 samples (tools/quickstart_report.py). It compares models of one dataset under one classifier file; it is not FID
@@ -11,11 +14,8 @@ samples (tools/quickstart_report.py). It compares models of one dataset under on
 """
 
 import argparse
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def main(argv=None) -> int:
@@ -43,8 +43,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, report = train_classifier(images, labels, epochs=args.epochs, holdout=args.holdout, seed=args.seed)
-    save_classifier(args.out, model, {**report, "data": args.data, "num_images": len(images),
-                                      "resolution": list(images.shape[-2:]), "class_names": manifest.class_names})
+    save_classifier(
+        args.out,
+        model,
+        {
+            **report,
+            "data": args.data,
+            "num_images": len(images),
+            "resolution": list(images.shape[-2:]),
+            "class_names": manifest.class_names,
+        },
+    )
     print(f"[classifier] wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

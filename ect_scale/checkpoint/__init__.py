@@ -5,6 +5,6 @@ See docs/checkpoints.md. `Checkpointer` is what the trainer uses; `layout` docum
 """
 
 from ect_scale.checkpoint.checkpointer import Checkpointer, SaveReport
-from ect_scale.checkpoint.layout import CheckpointError, retained, tag_for
+from ect_scale.checkpoint.layout import CheckpointError, RunSpec, retained, tag_for
 
-__all__ = ["Checkpointer", "CheckpointError", "SaveReport", "retained", "tag_for"]
+__all__ = ["Checkpointer", "CheckpointError", "RunSpec", "SaveReport", "retained", "tag_for"]

@@ -1,10 +1,10 @@
 """The trainer's checkpointer: collective save with an atomic COMPLETE marker, retention, exact and elastic resume.
 
-    ckpt = Checkpointer(cfg, run_dir)
+    ckpt = Checkpointer(cfg.checkpoint, run_dir, RunSpec.of(cfg), say=monitor.print)
     overrides = ckpt.engine_overrides()       # before the DeepSpeed engine exists: picks the checkpoint to resume
-    engine = Engine(cfg, net, ds_overrides=overrides)
+    engine = Engine(net, cfg.engine, cfg.optim, cfg.train, ds_overrides=overrides)
     ckpt.resume(parts)                        # restores everything; False for a fresh start
-    if ckpt.due(nimg_before, nimg_after): ckpt.save(parts)
+    if ckpt.every.due(nimg_before, nimg_after): ckpt.save(parts)
 
 `parts` is any `Checkpointable` (`parts.py`: engine, EMAs, data stream, counters, encoder); the trainer is one.
 
@@ -26,38 +26,51 @@ from typing import Callable, Optional
 
 import torch
 
-from ect_scale import dist
 from ect_scale.checkpoint.collective import all_gather_object, on_main
 from ect_scale.checkpoint.ds_io import WriteLog, ds_version, load_deepspeed, save_deepspeed
-from ect_scale.checkpoint.layout import (FORMAT, LATEST, MARKER, TRAINER_FILE, CheckpointError, FileRecord, Marker,
-                                         nimg_of, rank_file, retained, tag_for)
+from ect_scale.checkpoint.layout import (
+    FORMAT,
+    LATEST,
+    MARKER,
+    TRAINER_FILE,
+    CheckpointError,
+    FileRecord,
+    Marker,
+    RunSpec,
+    nimg_of,
+    rank_file,
+    retained,
+    tag_for,
+)
 from ect_scale.checkpoint.parts import Checkpointable
 from ect_scale.checkpoint.restore import restore_state
 from ect_scale.checkpoint.resume import ResumePlan, plan_resume
 from ect_scale.checkpoint.shards import write_rank_file
 from ect_scale.checkpoint.storage import Destination, crc32_file, staging_root
-from ect_scale.config import Config, immutable_fields, to_dict
+from ect_scale.config import CheckpointConfig
+from ect_scale.runtime import dist
+from ect_scale.runtime.intervals import Interval
 
 
 @dataclass
 class SaveReport:
     tag: str
     ok: bool
-    total_bytes: int = 0           # All ranks' files.
-    rank_bytes: int = 0            # This rank's files.
-    ds_sec: float = 0.0            # DeepSpeed's save_checkpoint on this rank.
-    state_sec: float = 0.0         # Trainer state (EMA + master shards, RNG, stream) on this rank.
-    upload_sec: float = 0.0        # Checksums and uploads on this rank.
-    total_sec: float = 0.0         # Wall time of the whole collective save.
+    total_bytes: int = 0  # All ranks' files.
+    rank_bytes: int = 0  # This rank's files.
+    ds_sec: float = 0.0  # DeepSpeed's save_checkpoint on this rank.
+    state_sec: float = 0.0  # Trainer state (EMA + master shards, RNG, stream) on this rank.
+    upload_sec: float = 0.0  # Checksums and uploads on this rank.
+    total_sec: float = 0.0  # Wall time of the whole collective save.
     errors: dict[int, str] = field(default_factory=dict)
 
 
 class Checkpointer:
-    """Created on every rank; every public method except `due`/`saved_at` is collective."""
+    """Created on every rank; every public method except `saved_at` is collective."""
 
-    def __init__(self, cfg: Config, run_dir: str):
-        self.cfg = cfg
-        self.ccfg = cfg.checkpoint
+    def __init__(self, ccfg: CheckpointConfig, run_dir: str, spec: RunSpec, say: Callable[[str], None] = dist.print0):
+        self.ccfg, self.spec, self.say = ccfg, spec, say  # `say`: where save outcomes go (the trainer's monitor).
+        self.every = Interval(ccfg.interval_nimg)  # Periodic saves; the trainer also saves on stop and at the end.
         self.dest = Destination(self.ccfg.dir or os.path.join(run_dir, "checkpoints"))
         self.staging = staging_root(self.ccfg.staging_dir, self.dest.url)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -67,7 +80,6 @@ class Checkpointer:
         self.resumed_nimg: Optional[int] = None
         self.failures = 0
         self.reports: list[SaveReport] = []
-        self.say: Callable[[str], None] = dist.print0  # Save outcomes (the trainer points it at its monitor).
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -77,7 +89,7 @@ class Checkpointer:
     # ------------------------------------------------------------------ resume
     def engine_overrides(self) -> Optional[dict]:
         """Pick the checkpoint to resume from (verify, download, convert); DeepSpeed settings its load needs."""
-        self.plan = plan_resume(self.cfg, self.dest, self.staging, self.log)
+        self.plan = plan_resume(self.ccfg, self.spec, self.dest, self.staging, self.log)
         self._planned = True
         if self.plan is not None and self.plan.universal:
             return {"checkpoint": {"load_universal": True}}
@@ -98,12 +110,20 @@ class Checkpointer:
         notes = restore_state(parts, plan, self.rank, self.world_size)
         self.resumed_nimg = parts.state.nimg
         secs = time.time() - t0
-        how = "exact resume" if not plan.universal and plan.saved_world_size == self.world_size else (
-            f"elastic: {plan.saved_world_size} -> {self.world_size} ranks through a universal checkpoint "
-            f"(converted in {plan.convert_sec:.1f} s)" if plan.universal else
-            f"{plan.saved_world_size} -> {self.world_size} ranks (ZeRO-0 state is replicated)")
-        self.log(f"resumed from {self.dest.display(plan.tag)} at {parts.state.nimg:,} images ({how}; "
-                 f"{plan.marker.total_bytes / 2**20:.1f} MiB, loaded in {secs:.1f} s)")
+        how = (
+            "exact resume"
+            if not plan.universal and plan.saved_world_size == self.world_size
+            else (
+                f"elastic: {plan.saved_world_size} -> {self.world_size} ranks through a universal checkpoint "
+                f"(converted in {plan.convert_sec:.1f} s)"
+                if plan.universal
+                else f"{plan.saved_world_size} -> {self.world_size} ranks (ZeRO-0 state is replicated)"
+            )
+        )
+        self.log(
+            f"resumed from {self.dest.display(plan.tag)} at {parts.state.nimg:,} images ({how}; "
+            f"{plan.marker.total_bytes / 2**20:.1f} MiB, loaded in {secs:.1f} s)"
+        )
         for note in notes:
             self.log(note)
         dist.barrier()
@@ -113,11 +133,6 @@ class Checkpointer:
         return True
 
     # ------------------------------------------------------------------ schedule
-    def due(self, nimg_before: int, nimg_after: int) -> bool:
-        """True when [before, after) crosses a multiple of `checkpoint.interval_nimg`."""
-        n = self.ccfg.interval_nimg
-        return nimg_after // n > nimg_before // n
-
     def saved_at(self, nimg: int) -> bool:
         """Whether a complete checkpoint at `nimg` exists already (saved or resumed from in this process)."""
         return nimg in (self.last_saved_nimg, self.resumed_nimg)
@@ -153,6 +168,7 @@ class Checkpointer:
 
     def _prepare(self, tag: str) -> tuple[WriteLog, str]:
         """Remove a stale folder of the same name (rank 0), create this rank's write folder."""
+
         def clear_stale():
             if tag in self.dest.tags():
                 complete = self.dest.is_complete(tag)
@@ -167,8 +183,9 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001
                 log.fail(f"removing the stale {self.dest.display(tag)}", e)
         dist.barrier()
-        folder = (self.dest.path(tag) if self.dest.is_local
-                  else os.path.join(self.staging, "save", f"rank{self.rank}", tag))
+        folder = (
+            self.dest.path(tag) if self.dest.is_local else os.path.join(self.staging, "save", f"rank{self.rank}", tag)
+        )
         try:
             if not self.dest.is_local:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -202,14 +219,26 @@ class Checkpointer:
         report.state_sec = time.time() - t
 
     def _trainer_meta(self, parts: Checkpointable, tag: str) -> dict:
-        cfg = self.cfg
-        return {"format": FORMAT, "tag": tag, "nimg": parts.state.nimg, "train_state": parts.state.state_dict(),
-                "world_size": self.world_size, "zero_stage": cfg.engine.zero_stage, "precision": cfg.engine.resolved_param_dtype(),
-                "deepspeed": ds_version(), "torch": torch.__version__, "immutable": immutable_fields(cfg),
-                "ema_profiles": list(parts.ema.profiles), "ema_nimg": int(parts.ema.nimg),
-                "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
-                "network": to_dict(cfg.network), "ect": to_dict(cfg.ect), "encoder": parts.encoder.describe(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        spec = self.spec
+        return {
+            "format": FORMAT,
+            "tag": tag,
+            "nimg": parts.state.nimg,
+            "train_state": parts.state.state_dict(),
+            "world_size": self.world_size,
+            "zero_stage": spec.zero_stage,
+            "precision": spec.param_dtype,
+            "deepspeed": ds_version(),
+            "torch": torch.__version__,
+            "immutable": spec.immutable,
+            "ema_profiles": list(parts.ema.profiles),
+            "ema_nimg": int(parts.ema.nimg),
+            "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
+            "network": spec.network,
+            "ect": spec.ect,
+            "encoder": parts.encoder.describe(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def _records(self, folder: str, log: WriteLog) -> list[FileRecord]:
         out = []
@@ -254,7 +283,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"rank {rec.rank}'s file {rel} is {'missing' if size is None else f'{size} bytes'} at "
                     f"{self.dest.display(marker.tag)} (wrote {rec.size} bytes). Fix: checkpoint.dir must be a "
-                    "filesystem shared by all nodes (or object storage, s3://...)")
+                    "filesystem shared by all nodes (or object storage, s3://...)"
+                )
 
     def _after_commit(self, tag: str) -> None:
         """Rank 0, best effort: the `latest` pointer and retention (a failure here loses nothing)."""
@@ -275,9 +305,11 @@ class Checkpointer:
         if report.ok:
             self.failures = 0
             self.last_saved_nimg = nimg
-            say(f"checkpoint: saved {self.dest.display(report.tag)} ({report.total_bytes / 2**20:.1f} MiB, "
+            say(
+                f"checkpoint: saved {self.dest.display(report.tag)} ({report.total_bytes / 2**20:.1f} MiB, "
                 f"{report.rank_bytes / 2**20:.1f} MiB on rank 0) in {report.total_sec:.2f} s (DeepSpeed "
-                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s)")
+                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s)"
+            )
             return
         self.failures += 1
         if dist.is_main():
@@ -289,12 +321,16 @@ class Checkpointer:
         errors = "; ".join(f"rank {r}: {e}" for r, e in sorted(report.errors.items()))
         complete = [t for t in self._complete_tags() if t != report.tag]
         latest = self.dest.display(complete[-1]) if complete else "none (a failed first save)"
-        say(f"checkpoint: FAILED to save {report.tag} at {nimg:,} images ({errors}). Latest complete checkpoint: "
-            f"{latest}. Failure {self.failures} of {self.ccfg.max_consecutive_failures} allowed in a row")
+        say(
+            f"checkpoint: FAILED to save {report.tag} at {nimg:,} images ({errors}). Latest complete checkpoint: "
+            f"{latest}. Failure {self.failures} of {self.ccfg.max_consecutive_failures} allowed in a row"
+        )
         if self.failures >= self.ccfg.max_consecutive_failures:
-            raise CheckpointError(f"{self.failures} checkpoint saves in a row failed (last: {errors}); stopping "
-                                  f"training. The latest complete checkpoint is {latest}. Fix: free space or check "
-                                  f"access at {self.dest.url}, then re-run the same command to resume")
+            raise CheckpointError(
+                f"{self.failures} checkpoint saves in a row failed (last: {errors}); stopping "
+                f"training. The latest complete checkpoint is {latest}. Fix: free space or check "
+                f"access at {self.dest.url}, then re-run the same command to resume"
+            )
 
     def _complete_tags(self) -> list[str]:
         return on_main(lambda: [t for t in self.dest.tags() if self.dest.is_complete(t)])

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 import torch.distributed as tdist
 
-from ect_scale import dist
+from ect_scale.runtime import dist
 
 
 def all_gather_object(obj: Any) -> list[Any]:

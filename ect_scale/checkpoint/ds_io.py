@@ -7,7 +7,8 @@ Facts this relies on (deepspeed 0.19.8, `runtime/engine.py`):
     for the duration of the save: the first failure is recorded, later writes are skipped, the barriers still
     run, and the ranks agree on the outcome afterwards (`Checkpointer.save`).
   * ZeRO-1/2 keep `client_state` only in rank 0's `mp_rank_00_model_states.pt`; ZeRO-3 writes it on every rank.
-  * `universal_checkpoint_info` must be in the client state for `ds_to_universal` (traps.md 8), and
+  * `universal_checkpoint_info` must be in the client state for `ds_to_universal` (deepspeed
+  `checkpoint/ds_to_universal.py`), and
     `checkpoint.load_universal` is switched off right after the load (DeepSpeed#7546: with it on, ZeRO-3 saved
     only rank 0's model states; 0.19.8 names save files per rank again, but loads with the flag on still read
     `latest_universal` and rank 0's model states only).
@@ -82,16 +83,20 @@ def save_deepspeed(ds_engine, save_dir: str, client_state: dict, log: WriteLog) 
             return
         try:
             copy_scripts(save_path)
-            log.paths += [p for p in (os.path.join(save_path, s) for s in ("zero_to_fp32.py", "zero_to_torch.py"))
-                          if os.path.isfile(p)]
+            log.paths += [
+                p
+                for p in (os.path.join(save_path, s) for s in ("zero_to_fp32.py", "zero_to_torch.py"))
+                if os.path.isfile(p)
+            ]
         except Exception as e:  # noqa: BLE001
             log.fail(f"copying DeepSpeed's recovery scripts to {save_path}", e)
 
     ds_engine.checkpoint_engine = _GuardedWriter(inner, log)
     ds_engine._copy_recovery_script = guarded_copy  # Instance attribute shadows the method for this save only.
     try:
-        ds_engine.save_checkpoint(save_dir, tag=DS_TAG, client_state={UNIVERSAL_INFO: {}, **client_state},
-                                  save_latest=False)
+        ds_engine.save_checkpoint(
+            save_dir, tag=DS_TAG, client_state={UNIVERSAL_INFO: {}, **client_state}, save_latest=False
+        )
     finally:
         ds_engine.checkpoint_engine = inner
         del ds_engine._copy_recovery_script
@@ -99,8 +104,9 @@ def save_deepspeed(ds_engine, save_dir: str, client_state: dict, log: WriteLog) 
 
 def load_deepspeed(ds_engine, load_dir: str, tag: str, universal: bool) -> dict:
     """Load model and optimizer state (collective). Returns DeepSpeed's client state."""
-    path, client = ds_engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                             load_lr_scheduler_states=False)
+    path, client = ds_engine.load_checkpoint(
+        load_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if path is None:
         raise CheckpointError(f"DeepSpeed found no checkpoint files in {load_dir}/{tag}")
     if universal:
@@ -114,9 +120,15 @@ def convert_to_universal(ds_dir: str, out_dir: str, workers: int) -> float:
     next to `out_dir`."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    args = argparse.Namespace(input_folder=ds_dir, output_folder=out_dir, num_extract_workers=workers,
-                              num_merge_workers=max(1, workers // 2), keep_temp_folder=False, strict=True,
-                              inject_missing_state=False)
+    args = argparse.Namespace(
+        input_folder=ds_dir,
+        output_folder=out_dir,
+        num_extract_workers=workers,
+        num_merge_workers=max(1, workers // 2),
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
     t0 = time.time()
     log = io.StringIO()
     try:
@@ -124,8 +136,10 @@ def convert_to_universal(ds_dir: str, out_dir: str, workers: int) -> float:
             ds_to_universal(args)
     except BaseException as e:  # noqa: BLE001 - DeepSpeed asserts and raises KeyError on unusable inputs
         tail = "\n".join(log.getvalue().splitlines()[-5:])
-        raise CheckpointError(f"converting {ds_dir} to a universal checkpoint failed ({type(e).__name__}: {e}; "
-                              f"ds_to_universal said: {tail!r})") from None
+        raise CheckpointError(
+            f"converting {ds_dir} to a universal checkpoint failed ({type(e).__name__}: {e}; "
+            f"ds_to_universal said: {tail!r})"
+        ) from None
     return time.time() - t0
 
 

@@ -48,8 +48,10 @@ def find_checkpoint(src: str, tag: Optional[str] = None) -> CheckpointRef:
         if complete:
             return CheckpointRef(dest, complete[-1])
     what = f"checkpoint {tag}" if tag else "complete checkpoint"
-    raise CheckpointError(f"no {what} found at {src} (looked for ckpt-* folders with a {MARKER} marker in it and in "
-                          f"{src}/checkpoints). Fix: pass a run dir, checkpoint.dir, or one ckpt-* folder")
+    raise CheckpointError(
+        f"no {what} found at {src} (looked for ckpt-* folders with a {MARKER} marker in it and in "
+        f"{src}/checkpoints). Fix: pass a run dir, checkpoint.dir, or one ckpt-* folder"
+    )
 
 
 def _fetch(ref: CheckpointRef, marker: Marker, workdir: str) -> str:
@@ -64,10 +66,16 @@ def _fetch(ref: CheckpointRef, marker: Marker, workdir: str) -> str:
     for r in range(marker.world_size):
         rec = marker.files.get(rank_file(r))
         path = os.path.join(folder, rank_file(r))
-        if rec is None or not os.path.isfile(path) or os.path.getsize(path) != rec.size or (
-                rec.crc32 is not None and crc32_file(path) != rec.crc32):
-            raise CheckpointError(f"{ref.display()}/{rank_file(r)} is missing or damaged (size/CRC32 differ from "
-                                  f"{MARKER}). Fix: export from an earlier checkpoint (--tag)")
+        if (
+            rec is None
+            or not os.path.isfile(path)
+            or os.path.getsize(path) != rec.size
+            or (rec.crc32 is not None and crc32_file(path) != rec.crc32)
+        ):
+            raise CheckpointError(
+                f"{ref.display()}/{rank_file(r)} is missing or damaged (size/CRC32 differ from "
+                f"{MARKER}). Fix: export from an earlier checkpoint (--tag)"
+            )
     return folder
 
 
@@ -77,15 +85,22 @@ def consolidated_network(ref: CheckpointRef, what: str = ONLINE) -> tuple[dict, 
     meta = json.loads(ref.dest.read_text(ref.tag, TRAINER_FILE))
     profiles = list(meta["ema_profiles"])
     if what != ONLINE and what not in profiles:
-        raise CheckpointError(f"{ref.display()} has no EMA {what!r}; it holds {[ONLINE] + profiles}. "
-                              "Fix: pick one of those")
+        raise CheckpointError(
+            f"{ref.display()} has no EMA {what!r}; it holds {[ONLINE] + profiles}. Fix: pick one of those"
+        )
     with tempfile.TemporaryDirectory(prefix="ect_export_") as tmp:
         folder = _fetch(ref, marker, tmp)
         files = open_rank_files(folder, marker.world_size)
         state = network_state(files, "master" if what == ONLINE else f"ema.{what}")
     config = from_dict(NetworkConfig, meta["network"], "network")
-    out_meta = {"source": "ect_scale checkpoint", "checkpoint": ref.display(), "nimg": int(meta["nimg"]),
-                "ema": None if what == ONLINE else what, "encoder": meta.get("encoder"), "config": meta.get("ect")}
+    out_meta = {
+        "source": "ect_scale checkpoint",
+        "checkpoint": ref.display(),
+        "nimg": int(meta["nimg"]),
+        "ema": None if what == ONLINE else what,
+        "encoder": meta.get("encoder"),
+        "config": meta.get("ect"),
+    }
     return state, config, out_meta
 
 

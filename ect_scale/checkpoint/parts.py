@@ -2,8 +2,8 @@
 
 `Checkpointable` is any object with these five parts (the trainer is one; tests and tools can build their own):
 
-    engine    the DeepSpeed engine wrapper: model, optimizer and fp32 master weights (`ect_scale.engine.Engine`)
-    ema       the EMA shadows over the master partitions (`ect_scale.ema.EMATracker`)
+    engine    the DeepSpeed engine wrapper: model, optimizer and fp32 master weights (`ect_scale.engine.zero.Engine`)
+    ema       the EMA shadows over the master partitions (`ect_scale.engine.ema.EMATracker`)
     stream    the data position: `state_dict()` / `load_state_dict()` of the training stream
     state     the counters: images seen, steps, skipped steps, wall time (`state_dict()` / `load_state_dict()`)
     encoder   what turns raw data into network inputs; only its `describe()` is stored
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from ect_scale.ema import EMATracker
-    from ect_scale.master import MasterWeights
+    from ect_scale.engine.ema import EMATracker
+    from ect_scale.engine.master import MasterWeights
 
 
 class EngineParts(Protocol):
-    engine: Any                            # deepspeed.DeepSpeedEngine (save_checkpoint / load_checkpoint).
-    master: "MasterWeights"                # This rank's fp32 master fragments.
-    module: torch.nn.Module                # The network (buffers are saved by rank 0).
+    engine: Any  # deepspeed.DeepSpeedEngine (save_checkpoint / load_checkpoint).
+    master: "MasterWeights"  # This rank's fp32 master fragments.
+    module: torch.nn.Module  # The network (buffers are saved by rank 0).
     param_shapes: dict[str, torch.Size]
     skipped_steps: int
 

@@ -21,8 +21,8 @@ from ect_scale.checkpoint.shards import RankFile, consolidate, fragment_table, o
 
 if TYPE_CHECKING:
     from ect_scale.checkpoint.resume import ResumePlan
-    from ect_scale.ema import EMATracker
-    from ect_scale.master import MasterWeights
+    from ect_scale.engine.ema import EMATracker
+    from ect_scale.engine.master import MasterWeights
 
 
 def restore_state(parts: Checkpointable, plan: "ResumePlan", rank: int, world_size: int) -> list[str]:
@@ -48,10 +48,12 @@ def restore_state(parts: Checkpointable, plan: "ResumePlan", rank: int, world_si
         set_rng_state(*files[rank].rng())
         return []
     parts.stream.load_state_dict(stream_state_for(rank, world_size, [f.state["stream"] for f in files]))
-    return [f"EMAs {', '.join(parts.ema.profiles)} re-sliced from {plan.saved_world_size} ranks' shards into "
-            f"{world_size} ranks' partitions; data stream: continued at the same fraction of the epoch in the new "
-            "layout's order (docs/data.md: for the rest of this epoch samples may repeat or be missed); RNG states "
-            "not restored (training draws from per-(seed, rank, nimg) generators)"]
+    return [
+        f"EMAs {', '.join(parts.ema.profiles)} re-sliced from {plan.saved_world_size} ranks' shards into "
+        f"{world_size} ranks' partitions; data stream: continued at the same fraction of the epoch in the new "
+        "layout's order (docs/data.md: for the rest of this epoch samples may repeat or be missed); RNG states "
+        "not restored (training draws from per-(seed, rank, nimg) generators)"
+    ]
 
 
 def _check_master(master: "MasterWeights", files: list[RankFile]) -> None:
@@ -63,9 +65,11 @@ def _check_master(master: "MasterWeights", files: list[RankFile]) -> None:
         ref = expected[f.name].narrow(0, f.start, f.view.numel())
         if not torch.equal(f.view.detach().cpu(), ref):
             diff = float((f.view.detach().cpu() - ref).abs().max())
-            raise CheckpointError(f"after DeepSpeed's load, the fp32 master of {f.name} differs from the trainer-state "
-                                  f"copy (max |diff| {diff:.3g}): the DeepSpeed files and the rank files do not belong "
-                                  "together. Fix: resume from another checkpoint (delete this one's COMPLETE marker)")
+            raise CheckpointError(
+                f"after DeepSpeed's load, the fp32 master of {f.name} differs from the trainer-state "
+                f"copy (max |diff| {diff:.3g}): the DeepSpeed files and the rank files do not belong "
+                "together. Fix: resume from another checkpoint (delete this one's COMPLETE marker)"
+            )
 
 
 def _restore_buffers(module: torch.nn.Module, rf: RankFile) -> None:
@@ -78,14 +82,17 @@ def _restore_buffers(module: torch.nn.Module, rf: RankFile) -> None:
 
 def _load_ema_shards(ema: "EMATracker", rf: RankFile) -> None:
     profiles = rf.state["ema_profiles"]
-    ema.load_state_dict({"profiles": profiles, "nimg": rf.state["ema_nimg"],
-                         "shadows": {p: rf.flats(f"ema.{p}") for p in profiles}})
+    ema.load_state_dict(
+        {"profiles": profiles, "nimg": rf.state["ema_nimg"], "shadows": {p: rf.flats(f"ema.{p}") for p in profiles}}
+    )
 
 
 def _load_ema_consolidated(ema: "EMATracker", files: list[RankFile]) -> None:
     if list(files[0].state["ema_profiles"]) != ema.profiles:
-        raise CheckpointError(f"EMA profiles in the checkpoint {files[0].state['ema_profiles']} differ from ema.* "
-                              f"{ema.profiles}. Fix: resume with the same ema.stds and ema.beta")
+        raise CheckpointError(
+            f"EMA profiles in the checkpoint {files[0].state['ema_profiles']} differ from ema.* "
+            f"{ema.profiles}. Fix: resume with the same ema.stds and ema.beta"
+        )
     names = sorted({f.name for f in ema.master.fragments})
     for profile in ema.profiles:
         ema.load_full_state(profile, consolidate(files, f"ema.{profile}", names, reshape=False))

@@ -3,7 +3,7 @@
 DeepSpeed keeps only rank 0's `client_state` under ZeRO-1/2, so everything per-rank lives in
 `rank-<r>.safetensors` (no pickles). Tensors:
     master.<i>            this rank's fp32 master partitions (flat, with ZeRO padding), i = flat group index
-    ema.<profile>.<i>     the EMA shadows, same layout (`ect_scale.ema.EMATracker`)
+    ema.<profile>.<i>     the EMA shadows, same layout (`ect_scale.engine.ema.EMATracker`)
     buffer.<name>         module buffers (rank 0 only)
     rng.torch / rng.cuda  RNG states
 Metadata `ect_scale.state` (JSON): rank, world_size, zero_stage, `fragments` = [[name, flat, offset, start, numel]]
@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 
 from ect_scale.checkpoint.layout import CheckpointError, rank_file
 from ect_scale.checkpoint.parts import Checkpointable
-from ect_scale.filemode import make_shareable
-from ect_scale.master import MasterWeights, _key
+from ect_scale.engine.master import MasterWeights, storage_key
+from ect_scale.runtime.filemode import make_shareable
 
 FORMAT = "ect_scale-rank-state/1"
 
@@ -36,7 +36,7 @@ FORMAT = "ect_scale-rank-state/1"
 def fragment_table(master: MasterWeights) -> list[list]:
     """[[name, flat index, offset in flat, start in parameter, numel]] for this rank's fragments."""
     flats = master.flats()
-    index = {_key(t): i for i, t in enumerate(flats)}
+    index = {storage_key(t): i for i, t in enumerate(flats)}
     rows = []
     for f in master.fragments:
         i = index[f.flat_key]
@@ -57,8 +57,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     py = random.getstate()
     npy = np.random.get_state()
-    return tensors, {"python": [py[0], list(py[1]), py[2]],
-                     "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])]}
+    return tensors, {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], saved: dict) -> None:
@@ -78,23 +80,32 @@ def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int
     shards = rank == 0 or master.zero_stage != 0
     flats = master.flats() if shards else []
     tensors = {f"master.{i}": _cpu_copy(t) for i, t in enumerate(flats)}
-    for profile, shadows in (ema.shadows.items() if shards else ()):
+    for profile, shadows in ema.shadows.items() if shards else ():
         tensors.update({f"ema.{profile}.{i}": _cpu_copy(t) for i, t in enumerate(shadows)})
     if rank == 0:
         for name, b in parts.engine.module.named_buffers():
             tensors[f"buffer.{name}"] = b.detach().to("cpu", copy=True).contiguous()
     rng_tensors, rng_json = rng_state()
     tensors.update(rng_tensors)
-    state = {"rank": rank, "world_size": world_size, "zero_stage": master.zero_stage,
-             "fragments": fragment_table(master) if shards else [], "num_flats": len(flats),
-             "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
-             "ema_profiles": list(ema.profiles), "ema_nimg": int(ema.nimg),
-             "stream": parts.stream.state_dict(), "rng": rng_json}
+    state = {
+        "rank": rank,
+        "world_size": world_size,
+        "zero_stage": master.zero_stage,
+        "fragments": fragment_table(master) if shards else [],
+        "num_flats": len(flats),
+        "param_shapes": {k: list(v) for k, v in parts.engine.param_shapes.items()},
+        "ema_profiles": list(ema.profiles),
+        "ema_nimg": int(ema.nimg),
+        "stream": parts.stream.state_dict(),
+        "rng": rng_json,
+    }
     try:
         meta = {"ect_scale.format": FORMAT, "ect_scale.state": json.dumps(state)}
     except TypeError as e:
-        raise CheckpointError(f"the data stream's state_dict() is not JSON-serialisable ({e}). Fix: return plain "
-                              "dicts/lists/numbers/strings from the stream's state_dict()") from None
+        raise CheckpointError(
+            f"the data stream's state_dict() is not JSON-serialisable ({e}). Fix: return plain "
+            "dicts/lists/numbers/strings from the stream's state_dict()"
+        ) from None
     save_file(tensors, path, metadata=meta)
     make_shareable(path)  # safetensors creates it 0600.
 
@@ -122,17 +133,18 @@ class RankFile:
         return [self.tensor(f"{prefix}.{i}") for i in range(int(self.state["num_flats"]))]
 
     def piece(self, name: str, offset: int, numel: int) -> torch.Tensor:
-        return self._f.get_slice(name)[offset:offset + numel]
+        return self._f.get_slice(name)[offset : offset + numel]
 
     def buffers(self) -> dict[str, torch.Tensor]:
-        return {k[len("buffer."):]: self.tensor(k) for k in sorted(self.keys) if k.startswith("buffer.")}
+        return {k[len("buffer.") :]: self.tensor(k) for k in sorted(self.keys) if k.startswith("buffer.")}
 
     def rng(self) -> tuple[dict[str, torch.Tensor], dict]:
         return {k: self.tensor(k) for k in self.keys if k.startswith("rng.")}, self.state["rng"]
 
 
-def consolidate(files: list[RankFile], prefix: str, names: Optional[Iterable[str]] = None,
-                reshape: bool = True) -> dict[str, torch.Tensor]:
+def consolidate(
+    files: list[RankFile], prefix: str, names: Optional[Iterable[str]] = None, reshape: bool = True
+) -> dict[str, torch.Tensor]:
     """Full fp32 tensors of `prefix` (`master` or `ema.<profile>`) assembled from every rank's file, for `names`
     (default: all parameters). Raises if some element is covered by no rank (a missing or foreign rank file)."""
     shapes = files[0].state["param_shapes"]
@@ -142,13 +154,15 @@ def consolidate(files: list[RankFile], prefix: str, names: Optional[Iterable[str
     for rf in files:
         for name, flat, offset, start, numel in rf.state["fragments"]:
             if name in full:
-                full[name][start:start + numel] = rf.piece(f"{prefix}.{flat}", offset, numel).to(torch.float32)
+                full[name][start : start + numel] = rf.piece(f"{prefix}.{flat}", offset, numel).to(torch.float32)
                 covered[name] += numel
     short = [n for n in wanted if covered[n] != full[n].numel()]
     if short:
-        raise CheckpointError(f"{prefix}: rank files {[rf.path for rf in files][:3]}... cover {covered[short[0]]} of "
-                              f"{full[short[0]].numel()} elements of {short[0]} ({len(short)} parameters incomplete): "
-                              "a rank file is missing or belongs to another checkpoint")
+        raise CheckpointError(
+            f"{prefix}: rank files {[rf.path for rf in files][:3]}... cover {covered[short[0]]} of "
+            f"{full[short[0]].numel()} elements of {short[0]} ({len(short)} parameters incomplete): "
+            "a rank file is missing or belongs to another checkpoint"
+        )
     return {n: t.view(shapes[n]) if reshape else t for n, t in full.items()}
 
 

@@ -45,8 +45,10 @@ class Destination:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as e:
-            raise CheckpointError(f"checkpoint.dir: cannot open {self.url} ({e}). Fix: install the fsspec backend "
-                                  "for its protocol (s3fs for s3://) or use a local path") from None
+            raise CheckpointError(
+                f"checkpoint.dir: cannot open {self.url} ({e}). Fix: install the fsspec backend "
+                "for its protocol (s3fs for s3://) or use a local path"
+            ) from None
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
@@ -97,8 +99,11 @@ class Destination:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        return {p[len(base):] if p.startswith(base) else p.rsplit(tag + "/", 1)[-1]: int(info["size"])
-                for p, info in found.items() if info.get("type") != "directory"}
+        return {
+            p[len(base) :] if p.startswith(base) else p.rsplit(tag + "/", 1)[-1]: int(info["size"])
+            for p, info in found.items()
+            if info.get("type") != "directory"
+        }
 
     def download_tree(self, tag: str, local_dir: str) -> None:
         """Copy one checkpoint folder to a local folder (replacing it)."""

@@ -16,7 +16,16 @@ from typing import Optional
 
 import yaml
 
-from ect_scale.config.base import ConfigError, apply_overrides, check, from_dict, parse_nimg, parse_override_args, to_dict
+from ect_scale.config.base import (
+    ConfigError,
+    apply_overrides,
+    check,
+    from_dict,
+    merge_dicts,
+    parse_nimg,
+    parse_override_args,
+    to_dict,
+)
 from ect_scale.config.checkpoint import CheckpointConfig
 from ect_scale.config.data import DataConfig
 from ect_scale.config.ect import ECTConfig
@@ -30,17 +39,35 @@ from ect_scale.config.sources import check_source_keys, note_overrides
 from ect_scale.config.train import TrainLoopConfig
 
 __all__ = [
-    "Config", "ConfigError", "load_config", "load_yaml", "dump_config", "config_from_dict", "parse_override_args",
-    "NetworkConfig", "ECTConfig", "TrainLoopConfig", "OptimConfig", "EngineConfig", "DataConfig", "EMAConfig",
-    "CheckpointConfig", "EvalConfig", "LoggingConfig", "check", "from_dict", "to_dict", "parse_nimg",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "load_yaml",
+    "dump_config",
+    "config_from_dict",
+    "parse_override_args",
+    "NetworkConfig",
+    "ECTConfig",
+    "TrainLoopConfig",
+    "OptimConfig",
+    "EngineConfig",
+    "DataConfig",
+    "EMAConfig",
+    "CheckpointConfig",
+    "EvalConfig",
+    "LoggingConfig",
+    "check",
+    "from_dict",
+    "to_dict",
+    "parse_nimg",
 ]
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/ect"             # Output directory (TensorBoard, stats.jsonl, resolved config, checkpoints).
-    init: Optional[str] = None            # Pretrained network file (safetensors + config) to start from; null = random init.
-    description: str = ""                 # Free text shown in the config table and saved with the run.
+    run_dir: str = "runs/ect"  # Output directory (TensorBoard, stats.jsonl, resolved config, checkpoints).
+    init: Optional[str] = None  # Pretrained network file (safetensors + config) to start from; null = random init.
+    description: str = ""  # Free text shown in the config table and saved with the run.
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ect: ECTConfig = field(default_factory=ECTConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
@@ -57,15 +84,26 @@ class Config:
 
     def validate(self, path: str = "") -> None:
         check_source_keys(self.sources, type(self))
-        check(abs(self.network.sigma_data - self.ect.sigma_data) < 1e-12, "ect.sigma_data",
-              f"must equal network.sigma_data ({self.ect.sigma_data} != {self.network.sigma_data})",
-              "set both to the same value (EDM2: 0.5)")
+        check(
+            abs(self.network.sigma_data - self.ect.sigma_data) < 1e-12,
+            "ect.sigma_data",
+            f"must equal network.sigma_data ({self.ect.sigma_data} != {self.network.sigma_data})",
+            "set both to the same value (EDM2: 0.5)",
+        )
         if self.ect.learned_uncertainty:
-            check(self.network.logvar_channels > 0, "ect.learned_uncertainty",
-                  "needs the log-variance head", "set network.logvar_channels > 0 (EDM2: 128)")
-        check(self.network.compute_dtype == "float32", "network.compute_dtype",
-              f"training computes in engine.precision ({self.engine.precision}); network.compute_dtype only applies "
-              "to networks built for sampling", "remove network.compute_dtype and set engine.precision=bf16|fp16|tf32|fp32")
+            check(
+                self.network.logvar_channels > 0,
+                "ect.learned_uncertainty",
+                "needs the log-variance head",
+                "set network.logvar_channels > 0 (EDM2: 128)",
+            )
+        check(
+            self.network.compute_dtype == "float32",
+            "network.compute_dtype",
+            f"training computes in engine.precision ({self.engine.precision}); network.compute_dtype only applies "
+            "to networks built for sampling",
+            "remove network.compute_dtype and set engine.precision=bf16|fp16|tf32|fp32",
+        )
 
     # Fields that must not change when resuming a run (the checkpoint stores them and names any difference).
     IMMUTABLE = ("network", "ect", "train.batch_size", "train.seed", "optim", "ema.stds", "ema.beta")
@@ -92,14 +130,7 @@ def _load_yaml(path: str, seen: list[str]) -> dict:
     if base is None:
         return raw
     parent = _load_yaml(os.path.normpath(os.path.join(os.path.dirname(path), base)), seen + [path])
-    return _merge(parent, raw)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return merge_dicts(parent, raw)
 
 
 def config_from_dict(raw: dict, overrides: Optional[dict[str, str]] = None) -> Config:

@@ -19,19 +19,32 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import ConfigError
 
-__all__ = ["ConfigError", "check", "from_dict", "to_dict", "parse_nimg", "apply_overrides", "parse_override_args"]
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is invalid. The message names the option, the constraint and the fix."""
+__all__ = [
+    "ConfigError",
+    "check",
+    "from_dict",
+    "to_dict",
+    "parse_nimg",
+    "apply_overrides",
+    "parse_override_args",
+    "merge_dicts",
+]
 
 
 def check(cond: bool, option: str, constraint: str, fix: str) -> None:
     """Raise a `ConfigError` naming `option`, the violated `constraint` and how to `fix` it."""
     if not cond:
         raise ConfigError(f"{option}: {constraint}. Fix: {fix}")
+
+
+def merge_dicts(a: dict, b: dict) -> dict:
+    """`a` updated by `b`, recursively for nested mappings (b wins); neither input is modified."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -84,23 +97,33 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, arg, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {_type_name(tp)}. Fix: check the value's type")
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"{path}: {value!r} matches none of {_type_name(tp)}. Fix: check the value's type"
+        )
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: must be one of {list(choices)}, got {value!r}{hint}. Fix: pick one of the listed values")
+            raise ConfigError(
+                f"{path}: must be one of {list(choices)}, got {value!r}{hint}. Fix: pick one of the listed values"
+            )
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}. Fix: write it as [a, b, ...]")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}. Fix: give exactly {len(args)}")
+                raise ConfigError(
+                    f"{path}: expected {len(args)} values, got {len(value)}. Fix: give exactly {len(args)}"
+                )
             return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
         elem = args[0] if args else Any
         out = [_coerce(v, elem, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -113,7 +136,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a section (mapping), got {value!r}. Fix: set its fields as {path}.FIELD=VALUE")
+            raise ConfigError(
+                f"{path}: expected a section (mapping), got {value!r}. Fix: set its fields as {path}.FIELD=VALUE"
+            )
         return from_dict(tp, value, path)
     if tp is bool:
         if isinstance(value, bool):
@@ -169,7 +194,7 @@ def from_dict(cls: type, raw: dict, path: str = "") -> Any:
             raise ConfigError(f"{sub}: unknown option.{hint} Fix: remove or rename it")
         kwargs[key] = _coerce(value, hints[key], sub)
     obj = cls(**kwargs)
-    for name, f in fields.items():  # Sections left at their defaults are validated too.
+    for name, _f in fields.items():  # Sections left at their defaults are validated too.
         value = getattr(obj, name)
         if name not in kwargs and dataclasses.is_dataclass(value):
             _validate_tree(value, f"{path}.{name}" if path else name)
@@ -253,4 +278,6 @@ def apply_overrides(raw: dict, overrides: dict[str, str]) -> dict:
 
 
 def _deepcopy_dict(d: dict) -> dict:
-    return {k: _deepcopy_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v) for k, v in d.items()}
+    return {
+        k: _deepcopy_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v) for k, v in d.items()
+    }

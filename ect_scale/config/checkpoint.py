@@ -10,16 +10,16 @@ from ect_scale.config.base import check
 
 @dataclass
 class CheckpointConfig:
-    enabled: bool = True                  # Save training state (off only for benchmarks and throwaway runs).
-    dir: Optional[str] = None             # Local/shared path or fsspec URL (s3://...); default <run_dir>/checkpoints.
-    interval_nimg: int = 2_000_000        # Save every this many images (and at the end / on SIGTERM / SIGUSR1).
-    keep_last: int = 3                    # Keep the newest K complete checkpoints ...
-    keep_every_nimg: int = 0              # ... plus the first one after every multiple of N images, forever (0 = none).
-    resume: bool = True                   # Re-running the same command resumes from the latest complete checkpoint.
-    checksum: bool = True                 # CRC32 of every file in the COMPLETE marker, verified before resuming.
-    staging_dir: Optional[str] = None     # Node-local scratch (object-store transfers, universal conversion); $TMPDIR.
-    convert_workers: int = 4              # Processes for DeepSpeed's ds_to_universal (resume at another world size).
-    max_consecutive_failures: int = 3     # Stop training after this many failed saves in a row (the last good stays).
+    enabled: bool = True  # Save training state (off only for benchmarks and throwaway runs).
+    dir: Optional[str] = None  # Local/shared path or fsspec URL (s3://...); default <run_dir>/checkpoints.
+    interval_nimg: int = 2_000_000  # Save every this many images (and at the end / on SIGTERM / SIGUSR1).
+    keep_last: int = 3  # Keep the newest K complete checkpoints ...
+    keep_every_nimg: int = 0  # ... plus the first one after every multiple of N images, forever (0 = none).
+    resume: bool = True  # Re-running the same command resumes from the latest complete checkpoint.
+    checksum: bool = True  # CRC32 of every file in the COMPLETE marker, verified before resuming.
+    staging_dir: Optional[str] = None  # Node-local scratch (object-store transfers, universal conversion); $TMPDIR.
+    convert_workers: int = 4  # Processes for DeepSpeed's ds_to_universal (resume at another world size).
+    max_consecutive_failures: int = 3  # Stop training after this many failed saves in a row (the last good stays).
 
     def validate(self, path: str = "checkpoint") -> None:
         p = path or "checkpoint"
@@ -27,5 +27,9 @@ class CheckpointConfig:
         check(self.keep_last >= 1, f"{p}.keep_last", "must be >= 1", "keep at least the latest checkpoint")
         check(self.keep_every_nimg >= 0, f"{p}.keep_every_nimg", "must be >= 0", "use 0 to disable")
         check(self.convert_workers >= 1, f"{p}.convert_workers", "must be >= 1", "use 1-8")
-        check(self.max_consecutive_failures >= 1, f"{p}.max_consecutive_failures", "must be >= 1",
-              "use e.g. 3 (training stops after that many failed saves in a row)")
+        check(
+            self.max_consecutive_failures >= 1,
+            f"{p}.max_consecutive_failures",
+            "must be >= 1",
+            "use e.g. 3 (training stops after that many failed saves in a row)",
+        )

@@ -29,8 +29,17 @@ import yaml
 
 from ect_scale.config.base import ConfigError, from_dict, to_dict
 
-__all__ = ["option_names", "check_source_keys", "flatten", "baseline_values", "unsourced_options",
-           "file_unsourced_options", "sourced_rows", "note_overrides", "EXEMPT"]
+__all__ = [
+    "option_names",
+    "check_source_keys",
+    "flatten",
+    "baseline_values",
+    "unsourced_options",
+    "file_unsourced_options",
+    "sourced_rows",
+    "note_overrides",
+    "EXEMPT",
+]
 
 # Bookkeeping options that do not change what is trained; they need no source.
 EXEMPT = ("description", "run_dir")
@@ -58,11 +67,15 @@ def check_source_keys(sources: dict, cls: type, option: str = "sources") -> None
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{option}: '{key}' names no option{hint}. "
-                              f"Fix: key each source by a dotted option name such as 'ect.q' or 'optim.lr'")
+            raise ConfigError(
+                f"{option}: '{key}' names no option{hint}. "
+                f"Fix: key each source by a dotted option name such as 'ect.q' or 'optim.lr'"
+            )
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{option}.{key}: a source must be non-empty text (got {text!r}). "
-                              f"Fix: name the paper, table or file and the number, e.g. \"ECT run_imgnet_ecm.sh -q 4\"")
+            raise ConfigError(
+                f"{option}.{key}: a source must be non-empty text (got {text!r}). "
+                f'Fix: name the paper, table or file and the number, e.g. "ECT run_imgnet_ecm.sh -q 4"'
+            )
 
 
 def flatten(node: Any, prefix: str = "", out: dict | None = None) -> dict:
@@ -113,8 +126,11 @@ def file_unsourced_options(path: str) -> list[str]:
 def sourced_rows(cfg) -> list[tuple[str, Any, Any, str]]:
     """(option, default incl. preset, value, source) for every option that has a source or differs from default."""
     values, base = _values(cfg)
-    return [(k, base.get(k), v, cfg.sources.get(k, "MISSING")) for k, v in values.items()
-            if v != base.get(k) or k in cfg.sources]
+    return [
+        (k, base.get(k), v, cfg.sources.get(k, "MISSING"))
+        for k, v in values.items()
+        if v != base.get(k) or k in cfg.sources
+    ]
 
 
 def note_overrides(raw: dict, overrides: dict[str, str]) -> dict:
@@ -128,4 +144,3 @@ def note_overrides(raw: dict, overrides: dict[str, str]) -> dict:
         old = sources.get(key)
         sources[key] = f"command-line override --{key}" + (f" (recipe source: {old})" if old else "")
     return {**raw, "sources": sources}
-

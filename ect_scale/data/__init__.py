@@ -16,5 +16,17 @@ from ect_scale.data.storage import StorageError, StorageOptions
 from ect_scale.data.stream import build_train_stream
 from ect_scale.data.synthetic import SyntheticStream
 
-__all__ = ["LatentEncoder", "PixelEncoder", "build_encoder", "load_vae", "build_train_stream", "TrainStream",
-           "SyntheticStream", "Manifest", "ManifestError", "load_manifest", "StorageError", "StorageOptions"]
+__all__ = [
+    "LatentEncoder",
+    "PixelEncoder",
+    "build_encoder",
+    "load_vae",
+    "build_train_stream",
+    "TrainStream",
+    "SyntheticStream",
+    "Manifest",
+    "ManifestError",
+    "load_manifest",
+    "StorageError",
+    "StorageOptions",
+]

@@ -2,9 +2,10 @@
 
 A converter also describes the encoder the trainer needs (`encoders.build_encoder(manifest["encoder"])`).
 Latents are EDM2's: the VAE sees images in [0, 1] and the shard stores the posterior mean and std
-(`LatentEncoder.encode_pixels`, edm2.md §4.2), so training draws a fresh z = mean + std * eps each time.
+(`LatentEncoder.encode_pixels`, as NVlabs/edm2 dataset_tool.py encode), so training draws a fresh z = mean + std * eps
+each time.
 float16 storage halves the size (64 KiB per ImageNet-512 sample); its relative rounding error (< 5e-4) is
-small next to the posterior std and the normalisation by raw_std ~ 4 (edm2.md §4.3).
+small next to the posterior std and the normalisation by raw_std ~ 4 (NVlabs/edm2 training/encoders.py).
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ class RawConverter(abc.ABC):
     """Interface: `describe()`, `raw_spec(resolution) -> (shape, dtype)`, `convert(uint8 [N,H,W,3]) -> [N,...]`."""
 
     @abc.abstractmethod
-    def describe(self) -> dict:
-        ...
+    def describe(self) -> dict: ...
 
     @abc.abstractmethod
-    def raw_spec(self, resolution: int) -> tuple[list[int], str]:
-        ...
+    def raw_spec(self, resolution: int) -> tuple[list[int], str]: ...
 
     @abc.abstractmethod
-    def convert(self, images: np.ndarray) -> np.ndarray:
-        ...
+    def convert(self, images: np.ndarray) -> np.ndarray: ...
 
 
 class PixelConverter(RawConverter):
@@ -67,23 +65,29 @@ class VaeConverter(RawConverter):
         self.factor = 2 ** (len(config.block_out_channels) - 1)
         self.channels = 2 * config.latent_channels
         if self.channels != LatentEncoder.raw_channels:
-            raise ValueError(f"--vae {vae}: has {config.latent_channels} latent channels; the latent normalisation "
-                             f"(edm2.md §4.3) needs {LatentEncoder.raw_channels // 2}. Fix: use an SD-VAE "
-                             "(stabilityai/sd-vae-ft-mse)")
+            raise ValueError(
+                f"--vae {vae}: has {config.latent_channels} latent channels; the latent normalisation "
+                f"(NVlabs/edm2 training/encoders.py) needs {LatentEncoder.raw_channels // 2}. Fix: use an SD-VAE "
+                "(stabilityai/sd-vae-ft-mse)"
+            )
 
     def describe(self) -> dict:
         return self.encoder.describe()
 
     def raw_spec(self, resolution: int) -> tuple[list[int], str]:
         if resolution % self.factor:
-            raise ValueError(f"--resolution {resolution}: must be a multiple of the VAE's downsampling factor "
-                             f"{self.factor}. Fix: use e.g. 256 or 512")
+            raise ValueError(
+                f"--resolution {resolution}: must be a multiple of the VAE's downsampling factor "
+                f"{self.factor}. Fix: use e.g. 256 or 512"
+            )
         return [self.channels, resolution // self.factor, resolution // self.factor], self.dtype
 
     @torch.no_grad()
     def convert(self, images: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
-        moments = self.encoder.encode_pixels(pixels)  # [N,8,h,w] float32: mean and std (edm2.md §4.2).
+        moments = self.encoder.encode_pixels(
+            pixels
+        )  # [N,8,h,w] float32: mean and std (NVlabs/edm2 training/encoders.py).
         out = moments.to(getattr(torch, self.dtype)).cpu()
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"the VAE produced non-finite moments in {self.dtype}. Fix: use --dtype float32")

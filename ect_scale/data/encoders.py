@@ -1,4 +1,5 @@
-"""Raw stored data <-> the network's normalised space, as EDM2 defines it (`edm2.md` §4.2-4.3).
+"""Raw stored data <-> the network's normalised space, as EDM2 defines it (NVlabs/edm2
+training/encoders.py, dataset_tool.py encode).
 
 Stored ("raw") data are uint8 RGB pixels [N,3,H,W] or SD-VAE posterior moments [N,8,h,w] (4 mean + 4 std).
   * `PixelEncoder`: x0 = pixels / 127.5 - 1;   decode: (x0 * 127.5 + 128).clip(0, 255) -> uint8.
@@ -16,7 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-# EDM2's ImageNet-512 statistics of SD-VAE (ft-mse) latents of [0,1] images (edm2.md §4.3).
+# EDM2's ImageNet-512 statistics of SD-VAE (ft-mse) latents of [0,1] images (NVlabs/edm2
+# training/encoders.py, StabilityVAEEncoder).
 EDM2_RAW_MEAN = (5.81, 3.25, 0.12, -2.15)
 EDM2_RAW_STD = (4.17, 4.62, 3.71, 3.28)
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"
@@ -51,14 +53,22 @@ class LatentEncoder:
     kind = "sd-vae"
     raw_channels = 8
 
-    def __init__(self, vae: str = SD_VAE_ID, raw_mean: Sequence[float] = EDM2_RAW_MEAN,
-                 raw_std: Sequence[float] = EDM2_RAW_STD, final_mean: float = 0.0, final_std: float = 0.5,
-                 decode_batch: int = 8):
+    def __init__(
+        self,
+        vae: str = SD_VAE_ID,
+        raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+        raw_std: Sequence[float] = EDM2_RAW_STD,
+        final_mean: float = 0.0,
+        final_std: float = 0.5,
+        decode_batch: int = 8,
+    ):
         self.vae_name = vae
         self.raw_mean, self.raw_std = list(raw_mean), list(raw_std)
         self.final_mean, self.final_std = float(final_mean), float(final_std)
         self.scale = torch.tensor([final_std / s for s in raw_std], dtype=torch.float32)
-        self.bias = torch.tensor([final_mean - m * final_std / s for m, s in zip(raw_mean, raw_std)], dtype=torch.float32)
+        self.bias = torch.tensor(
+            [final_mean - m * final_std / s for m, s in zip(raw_mean, raw_std)], dtype=torch.float32
+        )
         self.decode_batch = decode_batch
         self._vae = None
 
@@ -77,7 +87,9 @@ class LatentEncoder:
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         vae = self.vae(x0.device)
-        z = (x0.to(torch.float32) - self.bias.to(x0.device).view(1, -1, 1, 1)) / self.scale.to(x0.device).view(1, -1, 1, 1)
+        z = (x0.to(torch.float32) - self.bias.to(x0.device).view(1, -1, 1, 1)) / self.scale.to(x0.device).view(
+            1, -1, 1, 1
+        )
         imgs = torch.cat([vae.decode(b).sample for b in z.split(self.decode_batch)])
         return imgs.clamp(0, 1).mul(255).to(torch.uint8)
 
@@ -89,8 +101,14 @@ class LatentEncoder:
         return torch.cat([dist.mean, dist.std], dim=1)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "vae": self.vae_name, "raw_mean": self.raw_mean, "raw_std": self.raw_std,
-                "final_mean": self.final_mean, "final_std": self.final_std}
+        return {
+            "kind": self.kind,
+            "vae": self.vae_name,
+            "raw_mean": self.raw_mean,
+            "raw_std": self.raw_std,
+            "final_mean": self.final_mean,
+            "final_std": self.final_std,
+        }
 
 
 def load_vae(name_or_path: str):
@@ -105,14 +123,18 @@ def load_vae(name_or_path: str):
     if os.path.isdir(name_or_path):
         return AutoencoderKL.from_pretrained(name_or_path).eval().requires_grad_(False)
     if os.path.sep in name_or_path and not os.path.exists(name_or_path):
-        raise FileNotFoundError(f"VAE directory not found: {name_or_path}. Fix: download '{SD_VAE_ID}' with "
-                                f"`huggingface-cli download {SD_VAE_ID} --local-dir {name_or_path}` on a machine with "
-                                "network access and copy it here")
+        raise FileNotFoundError(
+            f"VAE directory not found: {name_or_path}. Fix: download '{SD_VAE_ID}' with "
+            f"`huggingface-cli download {SD_VAE_ID} --local-dir {name_or_path}` on a machine with "
+            "network access and copy it here"
+        )
     try:
         return AutoencoderKL.from_pretrained(name_or_path).eval().requires_grad_(False)
     except Exception as e:  # Offline or unknown id.
-        raise RuntimeError(f"could not load VAE '{name_or_path}' ({type(e).__name__}: {e}). Fix: pass a local "
-                           f"directory holding '{SD_VAE_ID}' (config.json + diffusion_pytorch_model.safetensors)") from None
+        raise RuntimeError(
+            f"could not load VAE '{name_or_path}' ({type(e).__name__}: {e}). Fix: pass a local "
+            f"directory holding '{SD_VAE_ID}' (config.json + diffusion_pytorch_model.safetensors)"
+        ) from None
 
 
 def build_encoder(description: dict, vae_path: Optional[str] = None):
@@ -121,8 +143,11 @@ def build_encoder(description: dict, vae_path: Optional[str] = None):
     if kind == "pixels":
         return PixelEncoder(int(description.get("channels", 3)))
     if kind == "sd-vae":
-        return LatentEncoder(vae=vae_path or description.get("vae", SD_VAE_ID),
-                             raw_mean=description.get("raw_mean", EDM2_RAW_MEAN),
-                             raw_std=description.get("raw_std", EDM2_RAW_STD),
-                             final_mean=description.get("final_mean", 0.0), final_std=description.get("final_std", 0.5))
+        return LatentEncoder(
+            vae=vae_path or description.get("vae", SD_VAE_ID),
+            raw_mean=description.get("raw_mean", EDM2_RAW_MEAN),
+            raw_std=description.get("raw_std", EDM2_RAW_STD),
+            final_mean=description.get("final_mean", 0.0),
+            final_std=description.get("final_std", 0.5),
+        )
     raise ValueError(f"unknown encoder kind {kind!r} in the shard manifest (expected 'pixels' or 'sd-vae')")

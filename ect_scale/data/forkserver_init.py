@@ -6,6 +6,6 @@ Here the forkserver exits as soon as the training process that started it is gon
 a parent-death signal (`loader._worker_init`), die with it.
 """
 
-from ect_scale.procs import exit_with_parent
+from ect_scale.runtime.procs import exit_with_parent
 
 exit_with_parent(pdeathsig=False)  # The thread that started us may end before the training process does.

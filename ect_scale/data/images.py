@@ -15,7 +15,6 @@ skips, counts and lists it.
 from __future__ import annotations
 
 import abc
-
 import json
 import os
 from typing import Optional, Sequence
@@ -31,7 +30,8 @@ class UnreadableImage(Exception):
 
 
 def center_crop_imagenet(image: PIL.Image.Image, resolution: int) -> np.ndarray:
-    """ADM's center crop (Dhariwal & Nichol 2021), EDM2's `--transform=center-crop-dhariwal` (edm2.md §4.1).
+    """ADM's center crop (Dhariwal & Nichol 2021), EDM2's `--transform=center-crop-dhariwal` (NVlabs/edm2
+    dataset_tool.py, center_crop_imagenet).
 
     Halve with BOX filtering while the short side is >= 2x the target, scale the short side to `resolution`
     with BICUBIC, then take the central `resolution` x `resolution` window. Returns uint8 [H,W,C].
@@ -42,7 +42,7 @@ def center_crop_imagenet(image: PIL.Image.Image, resolution: int) -> np.ndarray:
     image = image.resize(tuple(round(s * scale) for s in image.size), resample=PIL.Image.Resampling.BICUBIC)
     arr = np.asarray(image)
     top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
-    return arr[top:top + resolution, left:left + resolution]
+    return arr[top : top + resolution, left : left + resolution]
 
 
 def load_image_file(path: str, resolution: int) -> np.ndarray:
@@ -75,8 +75,7 @@ class ImageSource(abc.ABC):
         return len(self.class_names)
 
     @abc.abstractmethod
-    def load(self, index: int, resolution: int) -> np.ndarray:
-        ...
+    def load(self, index: int, resolution: int) -> np.ndarray: ...
 
     def describe(self) -> dict:
         return {"kind": self.kind, "num_images": len(self), "num_classes": self.label_dim}
@@ -91,8 +90,10 @@ class ImageTreeSource(ImageSource):
         self.root = os.path.abspath(root)
         classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
         if not classes:
-            raise ValueError(f"--source {root}: no class subfolders found. Fix: pass the folder whose subfolders are "
-                             "the classes (ImageNet: .../train), or a flat folder with --labels")
+            raise ValueError(
+                f"--source {root}: no class subfolders found. Fix: pass the folder whose subfolders are "
+                "the classes (ImageNet: .../train), or a flat folder with --labels"
+            )
         names, labels = [], []
         for label, cls in enumerate(classes):
             for dirpath, dirnames, filenames in os.walk(os.path.join(self.root, cls)):
@@ -155,8 +156,10 @@ def read_labels_file(path: str) -> list[tuple[str, int | str]]:
                 continue
             parts = line.replace(",", " ").replace("\t", " ").split()
             if len(parts) != 2:
-                raise ValueError(f"--labels {path}:{lineno}: expected '<file> <label>', got {line!r}. Fix: one image "
-                                 "per line, file name and label separated by a space, tab or comma")
+                raise ValueError(
+                    f"--labels {path}:{lineno}: expected '<file> <label>', got {line!r}. Fix: one image "
+                    "per line, file name and label separated by a space, tab or comma"
+                )
             pairs.append((parts[0], parts[1]))
     if not pairs:
         raise ValueError(f"--labels {path}: no labels found. Fix: use EDM2's dataset.json or '<file> <label>' lines")
@@ -168,8 +171,9 @@ class ArraySource(ImageSource):
 
     kind = "arrays"
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], class_names: Optional[list[str]] = None,
-                 prefix: str = "array"):
+    def __init__(
+        self, images: np.ndarray, labels: Sequence[int], class_names: Optional[list[str]] = None, prefix: str = "array"
+    ):
         self.images = np.asarray(images, dtype=np.uint8)
         label_list = [int(v) for v in labels]
         names = [f"{prefix}/{i:06d}" for i in range(len(self.images))]
@@ -202,8 +206,10 @@ def open_source(spec: str, labels_file: Optional[str] = None) -> ImageSource:
     if spec == "sklearn-digits":
         return DigitsSource()
     if not os.path.isdir(spec):
-        raise ValueError(f"--source {spec}: not a folder. Fix: pass an ImageNet-style folder (train/<class>/...), a "
-                         "flat folder with --labels, or 'sklearn-digits'")
+        raise ValueError(
+            f"--source {spec}: not a folder. Fix: pass an ImageNet-style folder (train/<class>/...), a "
+            "flat folder with --labels, or 'sklearn-digits'"
+        )
     if labels_file is not None:
         return FlatFolderSource(spec, labels_file)
     has_dirs = any(e.is_dir() for e in os.scandir(spec))

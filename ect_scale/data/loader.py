@@ -34,8 +34,8 @@ from ect_scale.data import storage
 from ect_scale.data.manifest import LABEL_EXT, RAW_EXT, Manifest
 from ect_scale.data.order import Layout, shuffled
 from ect_scale.data.storage import StorageError, StorageOptions
-from ect_scale.errors import UserError
-from ect_scale.procs import exit_with_parent
+from ect_scale.runtime.errors import UserError
+from ect_scale.runtime.procs import exit_with_parent
 
 log = logging.getLogger("ect_scale.data")
 _WARN_FIRST, _WARN_EVERY = 10, 100
@@ -45,8 +45,9 @@ COUNTER_NAMES = ("corrupt_shards_skipped", "samples_skipped", "refill_passes", "
 class ShardWorkerStream(IterableDataset):
     """What one DataLoader worker yields: `(raw, labels, meta)` batches, forever, from (start_epoch, start_batch)."""
 
-    def __init__(self, manifest: Manifest, layout: Layout, rank: int, options: StorageOptions,
-                 start_epoch: int, start_batch: int):
+    def __init__(
+        self, manifest: Manifest, layout: Layout, rank: int, options: StorageOptions, start_epoch: int, start_batch: int
+    ):
         super().__init__()
         self.urls = [manifest.shard_url(i) for i in range(len(manifest.shards))]
         self.sizes = [s.bytes for s in manifest.shards]
@@ -76,8 +77,14 @@ class ShardWorkerStream(IterableDataset):
             items = list(islice(samples, batch_gpu))
             if index < skip:
                 continue  # Already consumed before the resume: read, but not decoded.
-            raw = np.stack([np.frombuffer(b, self.raw_dtype, count=int(np.prod(self.raw_shape)), offset=off)
-                            .reshape(self.raw_shape) for _, b, off in items])
+            raw = np.stack(
+                [
+                    np.frombuffer(b, self.raw_dtype, count=int(np.prod(self.raw_shape)), offset=off).reshape(
+                        self.raw_shape
+                    )
+                    for _, b, off in items
+                ]
+            )
             labels = torch.tensor([label for label, _, _ in items], dtype=torch.int64)
             counters["read_retries"] = storage.COUNTERS["read_retries"] - self._retries0
             meta = {"epoch": epoch, "worker": worker, "index": index, **counters}
@@ -96,9 +103,11 @@ class ShardWorkerStream(IterableDataset):
                 n += 1
                 yield item
             if n == 0:
-                raise UserError(f"data: rank {self.rank} worker {worker}: none of its {len(shards)} shards in epoch "
-                                f"{epoch} is readable (e.g. {self.urls[shards[0]]}); see the warnings above",
-                                "check the shards (tools/make_shards.py --verify) and re-write the broken ones")
+                raise UserError(
+                    f"data: rank {self.rank} worker {worker}: none of its {len(shards)} shards in epoch "
+                    f"{epoch} is readable (e.g. {self.urls[shards[0]]}); see the warnings above",
+                    "check the shards (tools/make_shards.py --verify) and re-write the broken ones",
+                )
 
     def _read(self, shards: list[int], counters: Counter, bad: set) -> Iterator[tuple[int, bytes, int]]:
         """(label, raw npy bytes, data offset) per sample; a shard that fails is skipped from that point on and
@@ -110,7 +119,7 @@ class ShardWorkerStream(IterableDataset):
             try:
                 with gopen(url, "rb") as raw_stream:
                     stream = _CountingReader(raw_stream, url)
-                    for key, files in _group_by_key(tar_file_iterator(stream)):
+                    for key, files in group_by_key(tar_file_iterator(stream)):
                         item = self._parse(files)
                         if item is None:
                             counters["samples_skipped"] += 1
@@ -119,8 +128,9 @@ class ShardWorkerStream(IterableDataset):
                         yield item
                     stream.drain()  # tarfile accepts an archive cut at a header boundary; the size check does not.
                     if stream.nbytes != self.sizes[shard]:
-                        raise OSError(f"truncated or modified: {stream.nbytes} bytes, the manifest says "
-                                      f"{self.sizes[shard]}")
+                        raise OSError(
+                            f"truncated or modified: {stream.nbytes} bytes, the manifest says {self.sizes[shard]}"
+                        )
             except StorageError as e:
                 if e.kind in ("credentials", "unreachable"):
                     raise
@@ -134,15 +144,18 @@ class ShardWorkerStream(IterableDataset):
     def _skip_shard(url: str, error: BaseException, counters: Counter) -> None:
         counters["corrupt_shards_skipped"] += 1
         reason = str(error).replace(f" @ {url}", "")  # webdataset appends the stream (here: the URL) to tar errors.
-        _warn(counters["corrupt_shards_skipped"], f"data: skipping the rest of shard {url} "
-              f"({type(error).__name__}: {reason}); {counters['corrupt_shards_skipped']} shard(s) skipped so far")
+        _warn(
+            counters["corrupt_shards_skipped"],
+            f"data: skipping the rest of shard {url} "
+            f"({type(error).__name__}: {reason}); {counters['corrupt_shards_skipped']} shard(s) skipped so far",
+        )
 
     def _parse(self, files: dict) -> Optional[tuple[int, bytes, int]]:
         if RAW_EXT not in files or LABEL_EXT not in files:
             return None
         try:
             label = int(files[LABEL_EXT])
-            shape, dtype, offset = _npy_header(files[RAW_EXT])
+            shape, dtype, offset = npy_header(files[RAW_EXT])
         except (ValueError, SyntaxError):
             return None
         if shape != self.raw_shape or dtype != self.raw_dtype:
@@ -171,7 +184,7 @@ class _CountingReader:
             pass
 
 
-def _group_by_key(files: Iterator[dict]) -> Iterator[tuple[str, dict]]:
+def group_by_key(files: Iterator[dict]) -> Iterator[tuple[str, dict]]:
     """Consecutive tar members `<key>.<ext>` -> (key, {ext: bytes}); an incomplete trailing sample is never yielded
     when the tar stream fails (the error propagates before the group is closed)."""
     key, group = None, {}
@@ -188,7 +201,7 @@ def _group_by_key(files: Iterator[dict]) -> Iterator[tuple[str, dict]]:
         yield key, group
 
 
-def _npy_header(blob: bytes) -> tuple[tuple, np.dtype, int]:
+def npy_header(blob: bytes) -> tuple[tuple, np.dtype, int]:
     """(shape, dtype, data offset) of an .npy blob, reading only its header."""
     f = io.BytesIO(blob)
     version = np.lib.format.read_magic(f)
@@ -234,10 +247,10 @@ class TrainStream:
 
     def __init__(self, cfg, manifest: Manifest, layout: Layout, rank: int, options: StorageOptions, encoder):
         self.cfg, self.manifest, self.layout, self.rank, self.options = cfg, manifest, layout, rank, options
-        self._layout_desc = layout.describe()   # Cached: state_dict() may be called after every batch.
+        self._layout_desc = layout.describe()  # Cached: state_dict() may be called after every batch.
         self.encoder = encoder
         self.epoch, self.batch_in_epoch = 0, 0
-        self.resume_path: Optional[str] = None   # "exact" or "remapped" after load_state_dict.
+        self.resume_path: Optional[str] = None  # "exact" or "remapped" after load_state_dict.
         self._loader: Optional[DataLoader] = None
         self._it = None
         self._base_counters: Counter = Counter()
@@ -258,8 +271,10 @@ class TrainStream:
         raw, labels, meta = next(self._it)
         expected = (self.epoch, self.batch_in_epoch % self.layout.workers, self.batch_in_epoch // self.layout.workers)
         if (meta["epoch"], meta["worker"], meta["index"]) != expected:
-            raise RuntimeError(f"data: batch order broken (got epoch/worker/index {meta['epoch']}/{meta['worker']}/"
-                               f"{meta['index']}, expected {expected[0]}/{expected[1]}/{expected[2]})")
+            raise RuntimeError(
+                f"data: batch order broken (got epoch/worker/index {meta['epoch']}/{meta['worker']}/"
+                f"{meta['index']}, expected {expected[0]}/{expected[1]}/{expected[2]})"
+            )
         self._worker_counters[meta["worker"]] = {k: meta[k] for k in COUNTER_NAMES}
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
@@ -267,14 +282,20 @@ class TrainStream:
         return raw, labels
 
     def _start(self) -> None:
-        dataset = ShardWorkerStream(self.manifest, self.layout, self.rank, self.options, self.epoch,
-                                    self.batch_in_epoch)
+        dataset = ShardWorkerStream(
+            self.manifest, self.layout, self.rank, self.options, self.epoch, self.batch_in_epoch
+        )
         workers = self.cfg.num_workers
         self._loader = DataLoader(
-            dataset, batch_size=None, num_workers=workers, pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
-            multiprocessing_context=self.cfg.start_method if workers else None, persistent_workers=workers > 0,
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            multiprocessing_context=self.cfg.start_method if workers else None,
+            persistent_workers=workers > 0,
             prefetch_factor=self.cfg.prefetch_factor if workers else None,
-            worker_init_fn=_worker_init if workers else None)
+            worker_init_fn=_worker_init if workers else None,
+        )
         self._it = iter(self._loader)
 
     def counters(self) -> dict[str, int]:
@@ -285,47 +306,60 @@ class TrainStream:
         return {name: int(total[name]) for name in COUNTER_NAMES}
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "epoch": self.epoch, "batch": self.batch_in_epoch,
-                "batches_per_epoch": self.batches_per_epoch, "layout": dict(self._layout_desc),
-                "counters": self.counters()}
+        return {
+            "kind": self.kind,
+            "epoch": self.epoch,
+            "batch": self.batch_in_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
+            "layout": dict(self._layout_desc),
+            "counters": self.counters(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at a saved position; logs whether the resume is exact or remapped (another layout)."""
         if state.get("kind") != self.kind:
-            raise UserError(f"data state of kind {state.get('kind')!r} cannot resume a {self.kind!r} stream. Fix: "
-                            "resume with the data.kind the checkpoint was written with")
+            raise UserError(
+                f"data state of kind {state.get('kind')!r} cannot resume a {self.kind!r} stream. Fix: "
+                "resume with the data.kind the checkpoint was written with"
+            )
         self.close()
         self._base_counters = Counter(state.get("counters", {}))
         self._worker_counters = {}
         saved, now = state["layout"], self._layout_desc
         if saved == now:
             self.epoch, self.batch_in_epoch, self.resume_path = int(state["epoch"]), int(state["batch"]), "exact"
-            log.info(f"data: exact resume at epoch {self.epoch}, batch {self.batch_in_epoch}/{self.batches_per_epoch} "
-                     f"({now['world_size']} ranks x {self.layout.workers} workers, batch_gpu {now['batch_gpu']})")
+            log.info(
+                f"data: exact resume at epoch {self.epoch}, batch {self.batch_in_epoch}/{self.batches_per_epoch} "
+                f"({now['world_size']} ranks x {self.layout.workers} workers, batch_gpu {now['batch_gpu']})"
+            )
             return
         fraction = int(state["batch"]) / max(1, int(state["batches_per_epoch"]))
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(fraction * self.batches_per_epoch)
         self.resume_path = "remapped"
         changed = ", ".join(f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
-        log.warning(f"data: resuming with a different data layout ({changed}): the sample order is not reproduced. "
-                    f"Continuing epoch {self.epoch} at batch {self.batch_in_epoch}/{self.batches_per_epoch} (the same "
-                    f"fraction, {fraction:.1%}, of the epoch) in the new layout's order; for the rest of this epoch "
-                    "some samples may repeat or be missed, later epochs again see every sample at most once")
+        log.warning(
+            f"data: resuming with a different data layout ({changed}): the sample order is not reproduced. "
+            f"Continuing epoch {self.epoch} at batch {self.batch_in_epoch}/{self.batches_per_epoch} (the same "
+            f"fraction, {fraction:.1%}, of the epoch) in the new layout's order; for the rest of this epoch "
+            "some samples may repeat or be missed, later epochs again see every sample at most once"
+        )
 
     def summary(self) -> str:
         m, lay = self.manifest, self.layout
         used = lay.batches_per_epoch * lay.batch_gpu * lay.world_size
-        return (f"data: {m.num_samples} samples in {len(m.shards)} shards ({m.raw_dtype} {m.raw_shape}, "
-                f"{m.encoder.get('kind')}) from {m.url}; {lay.world_size} ranks x {lay.workers} workers; epoch = "
-                f"{lay.batches_per_epoch} batches of {lay.batch_gpu} per rank ({used / max(1, m.num_samples):.1%} of "
-                "the samples)")
+        return (
+            f"data: {m.num_samples} samples in {len(m.shards)} shards ({m.raw_dtype} {m.raw_shape}, "
+            f"{m.encoder.get('kind')}) from {m.url}; {lay.world_size} ranks x {lay.workers} workers; epoch = "
+            f"{lay.batches_per_epoch} batches of {lay.batch_gpu} per rank ({used / max(1, m.num_samples):.1%} of "
+            "the samples)"
+        )
 
     def close(self) -> None:
         """Stop the worker processes (the position and counters are kept)."""
         it, self._it, self._loader = self._it, None, None
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
-        for worker, c in self._worker_counters.items():
+        for _worker, c in self._worker_counters.items():
             self._base_counters.update(c)
         self._worker_counters = {}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ect_scale.data.storage import StorageError, StorageOptions, dirname, join, read_bytes
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 
 FORMAT = "ect_scale.shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -36,7 +36,7 @@ class ManifestError(UserError, ValueError):
 
 @dataclass
 class ShardInfo:
-    name: str                             # Relative to the manifest's folder.
+    name: str  # Relative to the manifest's folder.
     num_samples: int
     bytes: int
     sha256: str
@@ -44,13 +44,13 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
-    url: str                              # Where the manifest was read from (not stored in the file).
+    url: str  # Where the manifest was read from (not stored in the file).
     shards: list[ShardInfo]
-    raw_shape: list[int]                  # One sample's raw array: [3,H,W] uint8 pixels or [8,h,w] latent moments.
+    raw_shape: list[int]  # One sample's raw array: [3,H,W] uint8 pixels or [8,h,w] latent moments.
     raw_dtype: str
-    resolution: int                       # Image resolution the source was cropped to.
+    resolution: int  # Image resolution the source was cropped to.
     label_dim: int
-    encoder: dict                         # `encoder.describe()`; `encoders.build_encoder` rebuilds the encoder.
+    encoder: dict  # `encoder.describe()`; `encoders.build_encoder` rebuilds the encoder.
     class_counts: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     source: dict = field(default_factory=dict)
@@ -74,38 +74,75 @@ class Manifest:
         raw_c, raw_h = self.raw_shape[0], self.raw_shape[-1]
         channels = raw_c // 2 if self.encoder.get("kind") == "sd-vae" else raw_c  # Latent mean and std.
         if (channels, raw_h) != (network.img_channels, network.img_resolution) or self.label_dim != network.label_dim:
-            raise ManifestError(f"data {self.url}: samples are {channels}x{raw_h}x{raw_h} with {self.label_dim} "
-                                f"classes, but the network expects {network.img_channels}x{network.img_resolution}x"
-                                f"{network.img_resolution} with {network.label_dim} classes",
-                                "pick the network preset that matches the shards (network.preset) or re-make the "
-                                "shards at the network's resolution")
+            raise ManifestError(
+                f"data {self.url}: samples are {channels}x{raw_h}x{raw_h} with {self.label_dim} "
+                f"classes, but the network expects {network.img_channels}x{network.img_resolution}x"
+                f"{network.img_resolution} with {network.label_dim} classes",
+                "pick the network preset that matches the shards (network.preset) or re-make the "
+                "shards at the network's resolution",
+            )
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "shards": [vars(s) for s in self.shards], "num_samples": self.num_samples,
-                "resolution": self.resolution, "raw": {"shape": list(self.raw_shape), "dtype": self.raw_dtype},
-                "channels": self.channels, "label_dim": self.label_dim, "class_names": self.class_names,
-                "class_counts": self.class_counts, "encoder": self.encoder, "source": self.source,
-                "skipped": self.skipped, **self.extra}
+        return {
+            "format": FORMAT,
+            "shards": [vars(s) for s in self.shards],
+            "num_samples": self.num_samples,
+            "resolution": self.resolution,
+            "raw": {"shape": list(self.raw_shape), "dtype": self.raw_dtype},
+            "channels": self.channels,
+            "label_dim": self.label_dim,
+            "class_names": self.class_names,
+            "class_counts": self.class_counts,
+            "encoder": self.encoder,
+            "source": self.source,
+            "skipped": self.skipped,
+            **self.extra,
+        }
 
     @classmethod
     def from_dict(cls, d: dict, url: str) -> "Manifest":
         if d.get("format") != FORMAT:
-            raise ManifestError(f"{url}: not an ect_scale shard manifest (format {d.get('format')!r}, expected "
-                                f"{FORMAT!r}). Fix: write the shards with tools/make_shards.py")
+            raise ManifestError(
+                f"{url}: not an ect_scale shard manifest (format {d.get('format')!r}, expected "
+                f"{FORMAT!r}). Fix: write the shards with tools/make_shards.py"
+            )
         try:
-            shards = [ShardInfo(str(s["name"]), int(s["num_samples"]), int(s["bytes"]), str(s["sha256"]))
-                      for s in d["shards"]]
-            known = {"format", "shards", "num_samples", "resolution", "raw", "channels", "label_dim", "class_names",
-                     "class_counts", "encoder", "source", "skipped"}
-            return cls(url=url, shards=shards, raw_shape=[int(v) for v in d["raw"]["shape"]],
-                       raw_dtype=str(d["raw"]["dtype"]), resolution=int(d["resolution"]),
-                       label_dim=int(d["label_dim"]), encoder=dict(d["encoder"]),
-                       class_counts=list(d.get("class_counts", [])), class_names=list(d.get("class_names", [])),
-                       source=dict(d.get("source", {})), skipped=dict(d.get("skipped", {"count": 0, "items": []})),
-                       extra={k: v for k, v in d.items() if k not in known})
+            shards = [
+                ShardInfo(str(s["name"]), int(s["num_samples"]), int(s["bytes"]), str(s["sha256"])) for s in d["shards"]
+            ]
+            known = {
+                "format",
+                "shards",
+                "num_samples",
+                "resolution",
+                "raw",
+                "channels",
+                "label_dim",
+                "class_names",
+                "class_counts",
+                "encoder",
+                "source",
+                "skipped",
+            }
+            return cls(
+                url=url,
+                shards=shards,
+                raw_shape=[int(v) for v in d["raw"]["shape"]],
+                raw_dtype=str(d["raw"]["dtype"]),
+                resolution=int(d["resolution"]),
+                label_dim=int(d["label_dim"]),
+                encoder=dict(d["encoder"]),
+                class_counts=list(d.get("class_counts", [])),
+                class_names=list(d.get("class_names", [])),
+                source=dict(d.get("source", {})),
+                skipped=dict(d.get("skipped", {"count": 0, "items": []})),
+                extra={k: v for k, v in d.items() if k not in known},
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(f"{url}: malformed manifest ({type(e).__name__}: {e}). Fix: re-run "
-                                "tools/make_shards.py with the same arguments to rewrite it") from None
+            raise ManifestError(
+                f"{url}: malformed manifest ({type(e).__name__}: {e}). Fix: re-run "
+                "tools/make_shards.py with the same arguments to rewrite it"
+            ) from None
 
 
 def manifest_url(url: str) -> str:
@@ -120,8 +157,11 @@ def load_manifest(url: str, options: Optional[StorageOptions] = None) -> Manifes
         blob = read_bytes(url, options or StorageOptions())
     except StorageError as e:
         if e.kind == "not-found":
-            raise StorageError(f"{e}. The manifest is written last by tools/make_shards.py (by writer 0, once every "
-                               "shard is committed); if that is still running, wait for it", e.kind) from None
+            raise StorageError(
+                f"{e}. The manifest is written last by tools/make_shards.py (by writer 0, once every "
+                "shard is committed); if that is still running, wait for it",
+                e.kind,
+            ) from None
         raise
     try:
         data: Any = json.loads(blob)

@@ -58,7 +58,7 @@ def balanced_split(indices: Sequence[int], num_parts: int) -> list[list[int]]:
     parts, start = [], 0
     for p in range(num_parts):
         size = base + (1 if p < extra else 0)
-        parts.append(list(indices[start:start + size]))
+        parts.append(list(indices[start : start + size]))
         start += size
     return parts
 
@@ -69,10 +69,10 @@ class Layout:
 
     seed: int
     world_size: int
-    num_workers: int                      # DataLoader workers per rank; 0 counts as one (in-process) worker.
+    num_workers: int  # DataLoader workers per rank; 0 counts as one (in-process) worker.
     batch_gpu: int
     shuffle_buffer: int
-    shard_counts: tuple[int, ...]         # Samples per shard, in manifest order.
+    shard_counts: tuple[int, ...]  # Samples per shard, in manifest order.
 
     @property
     def workers(self) -> int:
@@ -88,7 +88,7 @@ class Layout:
 
     def worker_shards(self, epoch: int, rank: int, worker: int) -> list[int]:
         """Shards read by (rank, worker) in `epoch`: split by rank, then by worker, after the global shuffle."""
-        return self.epoch_shards(epoch)[rank::self.world_size][worker::self.workers]
+        return self.epoch_shards(epoch)[rank :: self.world_size][worker :: self.workers]
 
     @property
     def batches_per_worker(self) -> int:

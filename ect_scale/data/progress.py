@@ -31,7 +31,9 @@ class Progress:
             return
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        status = (f"{self.done}/{self.total} img | {rate:.1f} img/s | elapsed {format_duration(now - self.start)} | "
-                  f"ETA {format_duration(eta)} | skipped {self.skipped}")
+        status = (
+            f"{self.done}/{self.total} img | {rate:.1f} img/s | elapsed {format_duration(now - self.start)} | "
+            f"ETA {format_duration(eta)} | skipped {self.skipped}"
+        )
         self.log(f"{self.prefix} {message + ' | ' if message else ''}{status}")
         self.last = now

@@ -30,9 +30,18 @@ from ect_scale.data.images import ImageSource, UnreadableImage
 from ect_scale.data.manifest import FORMAT, LABEL_EXT, MANIFEST_NAME, RAW_EXT, SOURCE_EXT
 from ect_scale.data.order import balanced_split, permutation
 from ect_scale.data.progress import Progress
-from ect_scale.data.storage import (StorageOptions, commit_file, describe_error, file_sha256, filesystem, join,
-                                    local_path, protocol_of, write_bytes)
-from ect_scale.filemode import make_shareable
+from ect_scale.data.storage import (
+    StorageOptions,
+    commit_file,
+    describe_error,
+    file_sha256,
+    filesystem,
+    join,
+    local_path,
+    protocol_of,
+    write_bytes,
+)
+from ect_scale.runtime.filemode import make_shareable
 
 RECORDS = "_records"
 PLAN_KEYS = ("num_images", "resolution", "encoder", "raw", "num_shards", "seed")
@@ -41,18 +50,18 @@ MAX_LISTED_SKIPS = 10_000
 
 @dataclass
 class WriterOptions:
-    resolution: int                       # Target image resolution (center crop).
-    shard_size: int = 1000                # Max samples per shard (ignored when num_shards is given).
-    num_shards: Optional[int] = None      # Exact shard count (prefer a multiple of ranks x loader workers).
-    seed: int = 0                         # Permutation of the source before sharding.
-    limit: Optional[int] = None           # Convert only the first `limit` images of the permuted order (trial runs).
+    resolution: int  # Target image resolution (center crop).
+    shard_size: int = 1000  # Max samples per shard (ignored when num_shards is given).
+    num_shards: Optional[int] = None  # Exact shard count (prefer a multiple of ranks x loader workers).
+    seed: int = 0  # Permutation of the source before sharding.
+    limit: Optional[int] = None  # Convert only the first `limit` images of the permuted order (trial runs).
     rank: int = 0
     world_size: int = 1
-    batch: int = 32                       # Images per encoder call.
-    io_threads: int = 8                   # Threads decoding images.
-    verify: bool = False                  # On resume, re-hash committed shards instead of checking sizes only.
-    wait_timeout_s: float = 0.0           # Writer 0: how long to wait for other writers' shards (0 = forever).
-    progress_s: float = 10.0              # Seconds between progress lines.
+    batch: int = 32  # Images per encoder call.
+    io_threads: int = 8  # Threads decoding images.
+    verify: bool = False  # On resume, re-hash committed shards instead of checking sizes only.
+    wait_timeout_s: float = 0.0  # Writer 0: how long to wait for other writers' shards (0 = forever).
+    progress_s: float = 10.0  # Seconds between progress lines.
 
 
 def shard_name(index: int) -> str:
@@ -63,16 +72,23 @@ def plan_shards(num_images: int, opts: WriterOptions) -> list[list[int]]:
     """Source indices of every shard (see module docstring)."""
     order = permutation(num_images, "make_shards", opts.seed)
     if opts.limit is not None:
-        order = order[:opts.limit]
+        order = order[: opts.limit]
     num_shards = opts.num_shards or max(1, math.ceil(len(order) / opts.shard_size))
     if num_shards > len(order):
         raise ValueError(f"--num-shards {num_shards}: more shards than images ({len(order)}). Fix: use fewer shards")
     return balanced_split(order, num_shards)
 
 
-def write_shards(source: ImageSource, out_url: str, converter: RawConverter, opts: WriterOptions,
-                 storage: StorageOptions = StorageOptions(), log=print) -> Optional[dict]:
+def write_shards(
+    source: ImageSource,
+    out_url: str,
+    converter: RawConverter,
+    opts: WriterOptions,
+    storage: Optional[StorageOptions] = None,
+    log=print,
+) -> Optional[dict]:
     """Write this writer's shards (skipping committed ones); writer 0 then writes the manifest and returns it."""
+    storage = storage if storage is not None else StorageOptions()
     shards = plan_shards(len(source), opts)
     plan = plan_dict(source, converter, opts, shards)
     _check_plan(out_url, plan, storage)
@@ -81,16 +97,21 @@ def write_shards(source: ImageSource, out_url: str, converter: RawConverter, opt
     todo = [i for i in mine if i not in done]
     total = sum(len(shards[i]) for i in todo)
     raw = plan["raw"]
-    log(f"[make_shards w{opts.rank}/{opts.world_size}] {source.kind} ({len(source)} images) -> {len(shards)} shards "
+    log(
+        f"[make_shards w{opts.rank}/{opts.world_size}] {source.kind} ({len(source)} images) -> {len(shards)} shards "
         f"of {raw['dtype']} {raw['shape']} at {out_url}; mine: {len(mine)}, already committed: {len(done)}, "
-        f"to write: {len(todo)} ({total} images)")
+        f"to write: {len(todo)} ({total} images)"
+    )
     progress = Progress(f"[make_shards w{opts.rank}/{opts.world_size}]", total, opts.progress_s, log)
     with ThreadPoolExecutor(max(1, opts.io_threads)) as pool:
         for n, i in enumerate(todo):
             record = _write_one(source, shards[i], i, out_url, converter, opts, storage, pool, progress)
             last = n + 1 == len(todo)
-            progress.line(f"committed {record['name']} ({n + 1}/{len(todo)}): {record['num_samples']} samples, "
-                          f"{record['bytes'] / 2**20:.1f} MiB, {len(record['skipped'])} skipped", force=last)
+            progress.line(
+                f"committed {record['name']} ({n + 1}/{len(todo)}): {record['num_samples']} samples, "
+                f"{record['bytes'] / 2**20:.1f} MiB, {len(record['skipped'])} skipped",
+                force=last,
+            )
     if opts.rank != 0:
         log(f"[make_shards w{opts.rank}/{opts.world_size}] done; writer 0 writes the manifest")
         return None
@@ -99,10 +120,18 @@ def write_shards(source: ImageSource, out_url: str, converter: RawConverter, opt
 
 def plan_dict(source: ImageSource, converter: RawConverter, opts: WriterOptions, shards: list[list[int]]) -> dict:
     shape, dtype = converter.raw_spec(opts.resolution)
-    return {"format": FORMAT, "source": source.describe(), "num_images": sum(len(s) for s in shards),
-            "resolution": opts.resolution, "encoder": converter.describe(), "raw": {"shape": shape, "dtype": dtype},
-            "num_shards": len(shards), "seed": opts.seed, "label_dim": source.label_dim,
-            "class_names": source.class_names}
+    return {
+        "format": FORMAT,
+        "source": source.describe(),
+        "num_images": sum(len(s) for s in shards),
+        "resolution": opts.resolution,
+        "encoder": converter.describe(),
+        "raw": {"shape": shape, "dtype": dtype},
+        "num_shards": len(shards),
+        "seed": opts.seed,
+        "label_dim": source.label_dim,
+        "class_names": source.class_names,
+    }
 
 
 def _check_plan(out_url: str, plan: dict, storage: StorageOptions) -> None:
@@ -116,9 +145,11 @@ def _check_plan(out_url: str, plan: dict, storage: StorageOptions) -> None:
     if old is not None:
         diff = {k: (old.get(k), plan[k]) for k in PLAN_KEYS if old.get(k) != plan[k]}
         if diff:
-            raise ValueError(f"--out {out_url}: already holds shards written with different settings "
-                             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}). Fix: re-run with "
-                             "the original settings to resume, or choose a new --out")
+            raise ValueError(
+                f"--out {out_url}: already holds shards written with different settings "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}). Fix: re-run with "
+                "the original settings to resume, or choose a new --out"
+            )
         return
     write_bytes(url, json.dumps(plan, indent=1).encode(), storage)
 
@@ -159,8 +190,17 @@ def _sha256_of(fs, path: str) -> str:
 # One shard.
 
 
-def _write_one(source: ImageSource, indices: list[int], shard: int, out_url: str, converter: RawConverter,
-               opts: WriterOptions, storage: StorageOptions, pool: ThreadPoolExecutor, progress: Progress) -> dict:
+def _write_one(
+    source: ImageSource,
+    indices: list[int],
+    shard: int,
+    out_url: str,
+    converter: RawConverter,
+    opts: WriterOptions,
+    storage: StorageOptions,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> dict:
     """Build shard `shard` in a local temporary file, commit it, then write its record."""
     name = shard_name(shard)
     local_dir = os.path.dirname(local_path(join(out_url, name))) if protocol_of(out_url) == "file" else None
@@ -170,8 +210,13 @@ def _write_one(source: ImageSource, indices: list[int], shard: int, out_url: str
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             record = _fill_tar(tar, source, indices, converter, opts, pool, progress)
-        record = {"name": name, **record, "bytes": os.path.getsize(tmp), "sha256": file_sha256(tmp),
-                  "writer": opts.rank}
+        record = {
+            "name": name,
+            **record,
+            "bytes": os.path.getsize(tmp),
+            "sha256": file_sha256(tmp),
+            "writer": opts.rank,
+        }
         make_shareable(tmp)  # mkstemp made it 0600; committed shards are read by everyone using the data set.
         _commit(tmp, join(out_url, name), storage)
     finally:
@@ -181,10 +226,17 @@ def _write_one(source: ImageSource, indices: list[int], shard: int, out_url: str
     return record
 
 
-def _fill_tar(tar: tarfile.TarFile, source: ImageSource, indices: list[int], converter: RawConverter,
-              opts: WriterOptions, pool: ThreadPoolExecutor, progress: Progress) -> dict:
+def _fill_tar(
+    tar: tarfile.TarFile,
+    source: ImageSource,
+    indices: list[int],
+    converter: RawConverter,
+    opts: WriterOptions,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> dict:
     """Decode (threads) and convert (e.g. on the GPU) chunk by chunk; the next chunk decodes while one converts."""
-    chunks = [indices[i:i + opts.batch] for i in range(0, len(indices), opts.batch)]
+    chunks = [indices[i : i + opts.batch] for i in range(0, len(indices), opts.batch)]
     class_counts = [0] * source.label_dim
     skipped, num_samples = [], 0
     pending = [pool.submit(_load, source, i, opts.resolution) for i in chunks[0]] if chunks else []
@@ -216,8 +268,7 @@ def _add_sample(tar: tarfile.TarFile, index: int, raw: np.ndarray, label: int, s
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(raw), allow_pickle=False)
     key = f"{index:09d}"
-    for ext, payload in ((RAW_EXT, buf.getvalue()), (LABEL_EXT, str(int(label)).encode()),
-                         (SOURCE_EXT, src.encode())):
+    for ext, payload in ((RAW_EXT, buf.getvalue()), (LABEL_EXT, str(int(label)).encode()), (SOURCE_EXT, src.encode())):
         info = tarfile.TarInfo(f"{key}.{ext}")
         info.size, info.mtime, info.mode = len(payload), 0, 0o444
         tar.addfile(info, io.BytesIO(payload))
@@ -234,8 +285,15 @@ def _commit(local_tmp: str, url: str, storage: StorageOptions) -> None:
 # The manifest (writer 0, after every shard is committed).
 
 
-def finalize(out_url: str, num_shards: int, plan: dict, storage: StorageOptions, wait_timeout_s: float = 0.0,
-             log=print, poll_s: float = 5.0) -> dict:
+def finalize(
+    out_url: str,
+    num_shards: int,
+    plan: dict,
+    storage: StorageOptions,
+    wait_timeout_s: float = 0.0,
+    log=print,
+    poll_s: float = 5.0,
+) -> dict:
     """Wait until every shard has a record, then write `manifest.json` (the data set is complete when it exists)."""
     fs, out_path = filesystem(out_url, storage)
     records_path = out_path.rstrip("/") + "/" + RECORDS
@@ -248,9 +306,11 @@ def finalize(out_url: str, num_shards: int, plan: dict, storage: StorageOptions,
         if not missing:
             break
         if wait_timeout_s and time.monotonic() - start > wait_timeout_s:
-            raise TimeoutError(f"{len(missing)} shards (e.g. {missing[0][:-5]}) were not committed within "
-                               f"--wait-timeout-s={wait_timeout_s:g}. Fix: check the other writers' logs, re-run "
-                               "them (finished shards are kept), then run with --finalize-only")
+            raise TimeoutError(
+                f"{len(missing)} shards (e.g. {missing[0][:-5]}) were not committed within "
+                f"--wait-timeout-s={wait_timeout_s:g}. Fix: check the other writers' logs, re-run "
+                "them (finished shards are kept), then run with --finalize-only"
+            )
         if time.monotonic() - last_log > 60 or last_log == start:
             log(f"[make_shards w0] waiting for {len(missing)}/{num_shards} shards from other writers")
             last_log = time.monotonic()
@@ -259,8 +319,10 @@ def finalize(out_url: str, num_shards: int, plan: dict, storage: StorageOptions,
     records = [json.loads(blobs[records_path + "/" + n]) for n in names]
     manifest = _manifest_dict(records, plan)
     write_bytes(join(out_url, MANIFEST_NAME), json.dumps(manifest, indent=1).encode(), storage)
-    log(f"[make_shards w0] wrote {join(out_url, MANIFEST_NAME)}: {manifest['num_samples']} samples in {num_shards} "
-        f"shards ({sum(r['bytes'] for r in records) / 2**30:.2f} GiB), {manifest['skipped']['count']} images skipped")
+    log(
+        f"[make_shards w0] wrote {join(out_url, MANIFEST_NAME)}: {manifest['num_samples']} samples in {num_shards} "
+        f"shards ({sum(r['bytes'] for r in records) / 2**30:.2f} GiB), {manifest['skipped']['count']} images skipped"
+    )
     return manifest
 
 
@@ -268,11 +330,20 @@ def _manifest_dict(records: list[dict], plan: dict) -> dict:
     label_dim = plan["label_dim"]
     class_counts = [sum(r["class_counts"][c] for r in records) for c in range(label_dim)] if label_dim else []
     skipped = [s for r in records for s in r["skipped"]]
-    return {"format": FORMAT,
-            "shards": [{k: r[k] for k in ("name", "num_samples", "bytes", "sha256")} for r in records],
-            "num_samples": sum(r["num_samples"] for r in records), "resolution": plan["resolution"],
-            "raw": plan["raw"], "channels": plan["raw"]["shape"][0], "label_dim": label_dim,
-            "class_names": plan["class_names"], "class_counts": class_counts, "encoder": plan["encoder"],
-            "source": plan["source"], "skipped": {"count": len(skipped), "items": skipped[:MAX_LISTED_SKIPS]},
-            "seed": plan["seed"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "created_by": "tools/make_shards.py"}
+    return {
+        "format": FORMAT,
+        "shards": [{k: r[k] for k in ("name", "num_samples", "bytes", "sha256")} for r in records],
+        "num_samples": sum(r["num_samples"] for r in records),
+        "resolution": plan["resolution"],
+        "raw": plan["raw"],
+        "channels": plan["raw"]["shape"][0],
+        "label_dim": label_dim,
+        "class_names": plan["class_names"],
+        "class_counts": class_counts,
+        "encoder": plan["encoder"],
+        "source": plan["source"],
+        "skipped": {"count": len(skipped), "items": skipped[:MAX_LISTED_SKIPS]},
+        "seed": plan["seed"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_by": "tools/make_shards.py",
+    }

@@ -13,8 +13,8 @@ fsspec object stores, backed by `RetryingReader`, which re-opens a shard at its 
 from __future__ import annotations
 
 import dataclasses
-import io
 import hashlib
+import io
 import os
 import random
 import time
@@ -22,13 +22,26 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import fsspec
-from webdataset.gopen import gopen_schemes
 from fsspec.implementations.local import LocalFileSystem
+from webdataset.gopen import gopen_schemes
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 
-__all__ = ["StorageError", "StorageOptions", "filesystem", "join", "read_bytes", "write_bytes", "commit_file",
-           "open_shard", "RetryingReader", "configure_process", "describe_error", "clear_filesystem_cache", "COUNTERS"]
+__all__ = [
+    "StorageError",
+    "StorageOptions",
+    "filesystem",
+    "join",
+    "read_bytes",
+    "write_bytes",
+    "commit_file",
+    "open_shard",
+    "RetryingReader",
+    "configure_process",
+    "describe_error",
+    "clear_filesystem_cache",
+    "COUNTERS",
+]
 
 # Per-process event counters (read by the loader's workers and reported to the training process).
 COUNTERS = {"read_retries": 0}
@@ -51,20 +64,29 @@ class StorageError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class StorageOptions:
-    endpoint_url: Optional[str] = None    # S3 endpoint override; None = from the environment (see module docstring).
+    endpoint_url: Optional[str] = None  # S3 endpoint override; None = from the environment (see module docstring).
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
-    retries: int = 5                      # Re-opens of a read after a transient error (with exponential backoff).
-    block_size: int = 16 << 20            # Read-ahead block in bytes.
+    retries: int = 5  # Re-opens of a read after a transient error (with exponential backoff).
+    block_size: int = 16 << 20  # Read-ahead block in bytes.
 
     @classmethod
     def from_config(cls, cfg: Any) -> "StorageOptions":
-        return cls(endpoint_url=cfg.endpoint_url, connect_timeout_s=cfg.connect_timeout_s,
-                   read_timeout_s=cfg.read_timeout_s, retries=cfg.retries, block_size=cfg.block_size_mib << 20)
+        return cls(
+            endpoint_url=cfg.endpoint_url,
+            connect_timeout_s=cfg.connect_timeout_s,
+            read_timeout_s=cfg.read_timeout_s,
+            retries=cfg.retries,
+            block_size=cfg.block_size_mib << 20,
+        )
 
     def s3_endpoint(self) -> Optional[str]:
-        for value in (self.endpoint_url, os.environ.get("FSSPEC_S3_ENDPOINT_URL"),
-                      os.environ.get("AWS_ENDPOINT_URL_S3"), os.environ.get("AWS_ENDPOINT_URL")):
+        for value in (
+            self.endpoint_url,
+            os.environ.get("FSSPEC_S3_ENDPOINT_URL"),
+            os.environ.get("AWS_ENDPOINT_URL_S3"),
+            os.environ.get("AWS_ENDPOINT_URL"),
+        ):
             if value:
                 return value
         return None
@@ -113,11 +135,18 @@ def clear_filesystem_cache() -> None:
 def _s3_filesystem(options: StorageOptions):
     import s3fs
 
-    config_kwargs = {"connect_timeout": options.connect_timeout_s, "read_timeout": options.read_timeout_s,
-                     "retries": {"max_attempts": 1 if options.retries <= 1 else 2, "mode": "standard"}}
+    config_kwargs = {
+        "connect_timeout": options.connect_timeout_s,
+        "read_timeout": options.read_timeout_s,
+        "retries": {"max_attempts": 1 if options.retries <= 1 else 2, "mode": "standard"},
+    }
     # endpoint_url as a keyword overrides fsspec's FSSPEC_S3_ENDPOINT_URL config (both in client_kwargs would clash).
-    fs = s3fs.S3FileSystem(endpoint_url=options.s3_endpoint(), config_kwargs=config_kwargs,
-                           default_block_size=options.block_size, skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(
+        endpoint_url=options.s3_endpoint(),
+        config_kwargs=config_kwargs,
+        default_block_size=options.block_size,
+        skip_instance_cache=True,
+    )
     # s3fs's short inner retry loop; shard reads add RetryingReader's longer one (re-open at offset).
     fs.retries = 1 if options.retries <= 1 else 2
     return fs
@@ -147,23 +176,43 @@ def describe_error(exc: BaseException, url: str, options: StorageOptions, action
     text = f"{name}: {exc}"
     s3 = protocol_of(url) in ("s3", "s3a")
     where = f" at endpoint {options.s3_endpoint() or 'AWS default'}" if s3 else ""
-    env_fix = ("export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) on every node; under the deepspeed "
-               "launcher put them in .deepspeed_env (docs/data.md)")
+    env_fix = (
+        "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) on every node; under the deepspeed "
+        "launcher put them in .deepspeed_env (docs/data.md)"
+    )
     if name == "NoCredentialsError" or "Unable to locate credentials" in text:
         return StorageError(f"cannot {action} {url}: no AWS credentials found{where}. Fix: {env_fix}", "credentials")
-    if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccessDenied")) \
-            or isinstance(exc, PermissionError):
-        return StorageError(f"cannot {action} {url}: credentials rejected{where} ({text}). Fix: check the keys and "
-                            f"the bucket policy; {env_fix}", "credentials")
-    if s3 and any(s in name + text for s in ("EndpointConnectionError", "ConnectTimeout", "ConnectionError",
-                                             "Could not connect", "ClientConnectorError", "ReadTimeout")):
-        return StorageError(f"cannot {action} {url}: the S3 endpoint {options.s3_endpoint() or '(AWS default)'} is "
-                            f"unreachable ({text}). Fix: check data.endpoint_url / FSSPEC_S3_ENDPOINT_URL / "
-                            "AWS_ENDPOINT_URL and that this node can reach the store (firewall, VPN, DNS)",
-                            "unreachable")
+    if any(
+        s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccessDenied")
+    ) or isinstance(exc, PermissionError):
+        return StorageError(
+            f"cannot {action} {url}: credentials rejected{where} ({text}). Fix: check the keys and "
+            f"the bucket policy; {env_fix}",
+            "credentials",
+        )
+    if s3 and any(
+        s in name + text
+        for s in (
+            "EndpointConnectionError",
+            "ConnectTimeout",
+            "ConnectionError",
+            "Could not connect",
+            "ClientConnectorError",
+            "ReadTimeout",
+        )
+    ):
+        return StorageError(
+            f"cannot {action} {url}: the S3 endpoint {options.s3_endpoint() or '(AWS default)'} is "
+            f"unreachable ({text}). Fix: check data.endpoint_url / FSSPEC_S3_ENDPOINT_URL / "
+            "AWS_ENDPOINT_URL and that this node can reach the store (firewall, VPN, DNS)",
+            "unreachable",
+        )
     if isinstance(exc, FileNotFoundError):
-        return StorageError(f"cannot {action} {url}: not found{where} ({text}). Fix: check the URL and bucket name, "
-                            "or create the data with tools/make_shards.py", "not-found")
+        return StorageError(
+            f"cannot {action} {url}: not found{where} ({text}). Fix: check the URL and bucket name, "
+            "or create the data with tools/make_shards.py",
+            "not-found",
+        )
     return StorageError(f"cannot {action} {url}{where}: {text}")
 
 
@@ -251,7 +300,7 @@ class RetryingReader(io.RawIOBase):
                 if self._file is None:
                     self._file = self._open()
                 data = self._file.read(len(buffer))
-                buffer[:len(data)] = data
+                buffer[: len(data)] = data
                 self._pos += len(data)
                 return len(data)
             except _NOT_TRANSIENT as e:
@@ -262,7 +311,7 @@ class RetryingReader(io.RawIOBase):
                 if error.kind in ("credentials", "not-found") or attempt == self.options.retries:
                     raise error from e
                 COUNTERS["read_retries"] += 1
-                time.sleep(min(2.0 ** attempt, 30.0) * random.uniform(0.5, 1.0))  # 1, 2, 4, ... s with jitter.
+                time.sleep(min(2.0**attempt, 30.0) * random.uniform(0.5, 1.0))  # 1, 2, 4, ... s with jitter.
         raise AssertionError("unreachable")
 
     def _drop_file(self) -> None:

@@ -18,7 +18,7 @@ from ect_scale.data.order import derive_seed
 
 class SyntheticStream:
     kind = "synthetic"
-    batches_per_epoch: Optional[int] = None   # Endless: no epochs.
+    batches_per_epoch: Optional[int] = None  # Endless: no epochs.
 
     def __init__(self, cfg, batch_gpu: int, rank: int, world_size: int, seed: int):
         self.cfg, self.batch_gpu, self.rank, self.world_size, self.seed = cfg, batch_gpu, rank, world_size, seed
@@ -26,10 +26,16 @@ class SyntheticStream:
         latent = cfg.synthetic_encoder == "sd-vae"
         self.encoder = (LatentEncoder(vae=cfg.vae) if cfg.vae else LatentEncoder()) if latent else PixelEncoder()
         shape = [self.encoder.raw_channels, res, res]
-        self.manifest = Manifest(url="synthetic", shards=[], raw_shape=shape,
-                                 raw_dtype="float16" if latent else "uint8",
-                                 resolution=res * VAE_DOWNSAMPLE if latent else res, label_dim=cfg.synthetic_label_dim,
-                                 encoder=self.encoder.describe(), source={"kind": "synthetic"})
+        self.manifest = Manifest(
+            url="synthetic",
+            shards=[],
+            raw_shape=shape,
+            raw_dtype="float16" if latent else "uint8",
+            resolution=res * VAE_DOWNSAMPLE if latent else res,
+            label_dim=cfg.synthetic_label_dim,
+            encoder=self.encoder.describe(),
+            source={"kind": "synthetic"},
+        )
         self.batch = 0
         self.epoch, self.resume_path = 0, None
 
@@ -62,13 +68,17 @@ class SyntheticStream:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != self.kind:
-            raise ValueError(f"data state of kind {state.get('kind')!r} cannot resume a synthetic stream. Fix: resume "
-                             "with the data.kind the checkpoint was written with")
+            raise ValueError(
+                f"data state of kind {state.get('kind')!r} cannot resume a synthetic stream. Fix: resume "
+                "with the data.kind the checkpoint was written with"
+            )
         self.batch, self.resume_path = int(state["batch"]), "exact"
 
     def summary(self) -> str:
-        return (f"data: synthetic {self.manifest.raw_dtype} {self.manifest.raw_shape} batches of {self.batch_gpu}, "
-                f"label_dim {self.manifest.label_dim}")
+        return (
+            f"data: synthetic {self.manifest.raw_dtype} {self.manifest.raw_shape} batches of {self.batch_gpu}, "
+            f"label_dim {self.manifest.label_dim}"
+        )
 
     def close(self) -> None:
         pass

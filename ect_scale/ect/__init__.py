@@ -6,7 +6,24 @@ from ect_scale.ect.samplers import consistency_sample, draw_labels, draw_latents
 from ect_scale.ect.schedules import learning_rate, nominal_ratio, ratio_at, sample_t, stage_at, t_to_r
 
 __all__ = [
-    "DiffusionLoss", "ECTLoss", "LossOutput", "build_objective", "pseudo_huber", "weighting", "SeedGenerators",
-    "derive_seed", "step_generator", "consistency_sample", "draw_labels", "draw_latents", "generate", "heun_sample",
-    "learning_rate", "nominal_ratio", "ratio_at", "sample_t", "stage_at", "t_to_r",
+    "DiffusionLoss",
+    "ECTLoss",
+    "LossOutput",
+    "build_objective",
+    "pseudo_huber",
+    "weighting",
+    "SeedGenerators",
+    "derive_seed",
+    "step_generator",
+    "consistency_sample",
+    "draw_labels",
+    "draw_latents",
+    "generate",
+    "heun_sample",
+    "learning_rate",
+    "nominal_ratio",
+    "ratio_at",
+    "sample_t",
+    "stage_at",
+    "t_to_r",
 ]

@@ -1,6 +1,7 @@
 """ECT's consistency-tuning objective and EDM2's diffusion loss, as functions returning per-sample losses.
 
-ECT (Geng et al. 2024, "Consistency Models Made Easy"; `ect.md` §1), one shared epsilon and one shared set of
+ECT (Geng et al. 2024, "Consistency Models Made Easy"; locuslab/ect training/loss.py), one shared epsilon and one
+shared set of
 dropout masks:
     x_t = x0 + t eps,  x_r = x0 + r eps                                    (shared noise direction)
     Delta = f(x_t, t) - sg[f(x_r, r)]     with f(x_r, r) := x0 where r = 0  (boundary condition)
@@ -26,11 +27,11 @@ Net = Callable[..., torch.Tensor]
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor                  # [N] weighted per-sample loss (what is averaged and backpropagated).
-    t: torch.Tensor                     # [N] noise level of the online pass.
-    r: torch.Tensor                     # [N] noise level of the target pass (0 = clean target).
-    distance: torch.Tensor              # [N] unweighted distance d (detached).
-    nonfinite_targets: torch.Tensor     # [] number of samples whose target was not finite (dropped from the loss).
+    loss: torch.Tensor  # [N] weighted per-sample loss (what is averaged and backpropagated).
+    t: torch.Tensor  # [N] noise level of the online pass.
+    r: torch.Tensor  # [N] noise level of the target pass (0 = clean target).
+    distance: torch.Tensor  # [N] unweighted distance d (detached).
+    nonfinite_targets: torch.Tensor  # [] number of samples whose target was not finite (dropped from the loss).
 
 
 def _flat_sumsq(x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +62,16 @@ class ECTLoss:
         self.cfg = cfg
         self.reduce_any = reduce_any or (lambda flag: flag)
 
-    def __call__(self, net: Net, x0: torch.Tensor, labels: Optional[torch.Tensor], nimg: int,
-                 generator: Optional[torch.Generator] = None,
-                 dropout_masks: Optional[dict[str, torch.Tensor]] = None,
-                 t_generator: Optional[torch.Generator] = None) -> LossOutput:
+    def __call__(
+        self,
+        net: Net,
+        x0: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        nimg: int,
+        generator: Optional[torch.Generator] = None,
+        dropout_masks: Optional[dict[str, torch.Tensor]] = None,
+        t_generator: Optional[torch.Generator] = None,
+    ) -> LossOutput:
         """`t_generator` (a CPU generator) draws t on the host, so deciding whether the target pass is needed
         costs no device synchronisation; otherwise t comes from `generator`."""
         cfg = self.cfg
@@ -118,7 +125,8 @@ class ECTLoss:
 
 
 class DiffusionLoss:
-    """EDM2's denoising loss with learned uncertainty (EDM2 Eq. 21; `edm2.md` §2.2), summed over C,H,W:
+    """EDM2's denoising loss with learned uncertainty (EDM2 Eq. 21; NVlabs/edm2
+    training/training_loop.py, EDM2Loss), summed over C,H,W:
     loss_i = sum_j [ lambda(sigma)/exp(u(sigma)) (D(y + n, sigma) - y)_j^2 + u(sigma) ],
     lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2.   Used to pretrain a teacher (r = 0 everywhere).
     """
@@ -126,8 +134,9 @@ class DiffusionLoss:
     def __init__(self, cfg: ECTConfig):
         self.cfg = cfg
 
-    def __call__(self, net: Net, x0: torch.Tensor, labels, nimg: int, generator=None, dropout_masks=None,
-                 t_generator=None) -> LossOutput:
+    def __call__(
+        self, net: Net, x0: torch.Tensor, labels, nimg: int, generator=None, dropout_masks=None, t_generator=None
+    ) -> LossOutput:
         cfg = self.cfg
         x0 = x0.to(torch.float32)
         if t_generator is not None:
@@ -144,8 +153,13 @@ class DiffusionLoss:
             per_elem = lam * (D - x0).square()
         loss = per_elem.flatten(1).sum(1)
         zeros = torch.zeros_like(sigma)
-        return LossOutput(loss=loss, t=sigma, r=zeros, distance=_flat_sumsq(D - x0).sqrt().detach(),
-                          nonfinite_targets=torch.zeros((), dtype=torch.long, device=x0.device))
+        return LossOutput(
+            loss=loss,
+            t=sigma,
+            r=zeros,
+            distance=_flat_sumsq(D - x0).sqrt().detach(),
+            nonfinite_targets=torch.zeros((), dtype=torch.long, device=x0.device),
+        )
 
 
 def build_objective(cfg: ECTConfig, reduce_any: Optional[Callable[[bool], bool]] = None):

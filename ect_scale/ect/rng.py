@@ -42,8 +42,12 @@ class SeedGenerators:
         return len(self.generators)
 
     def randn(self, shape_per_sample: Sequence[int], dtype=torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape_per_sample), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        return torch.stack(
+            [
+                torch.randn(tuple(shape_per_sample), generator=g, device=self.device, dtype=dtype)
+                for g in self.generators
+            ]
+        )
 
     def randint(self, high: int) -> torch.Tensor:
         return torch.stack([torch.randint(high, (), generator=g, device=self.device) for g in self.generators])

@@ -31,14 +31,14 @@ def _gap(nimg: int, cfg: ECTConfig) -> float:
 
 
 def n_of_t(t: torch.Tensor, cfg: ECTConfig) -> torch.Tensor:
-    """Mapping n(t) = 1 + k sigmoid(-b t) ('sigmoid'), or 1 ('const') (ECT paper Sec. 3, `ect.md` §1.3)."""
+    """Mapping n(t) = 1 + k sigmoid(-b t) ('sigmoid'), or 1 ('const') (ECT Sec. 3; locuslab/ect training/loss.py)."""
     if cfg.mapping == "const":
         return torch.ones_like(t)
     return 1 + cfg.k * torch.sigmoid(-cfg.b * t)
 
 
 def ratio_at(t: torch.Tensor, nimg: int, cfg: ECTConfig) -> torch.Tensor:
-    """r/t = 1 - n(t) / q^(s+1); note the exponent s+1 of the official code (`traps.md` 4), capped by ratio_limit."""
+    """r/t = 1 - n(t) / q^(s+1); note the exponent s+1 of the official code (locuslab/ect#9), capped by ratio_limit."""
     ratio = 1 - n_of_t(t, cfg) * _gap(nimg, cfg)
     if cfg.ratio_limit is not None:
         ratio = ratio.clamp(max=cfg.ratio_limit)
@@ -57,7 +57,8 @@ def nominal_ratio(nimg: int, cfg: ECTConfig) -> float:
 
 
 def learning_rate(nimg: int, ref_lr: float, decay_nimg: int, rampup_nimg: int = 0) -> float:
-    """EDM2's inverse-square-root decay (EDM2 Eq. 67; `edm2.md` §2.3), with time measured in images.
+    """EDM2's inverse-square-root decay (EDM2 Eq. 67; NVlabs/edm2
+    training/training_loop.py, learning_rate_schedule), with time measured in images.
 
     lr = ref_lr / sqrt(max(nimg / decay_nimg, 1)), times a linear warm-up over rampup_nimg images.
     decay_nimg = 0 disables the decay. (ECT ImageNet: decay after 2000 batches -> decay_nimg = 2000 * batch.)

@@ -12,10 +12,35 @@ from ect_scale.edm2_import.convert import ImportResult, convert_snapshot, import
 from ect_scale.edm2_import.encoder import describe_encoder
 from ect_scale.edm2_import.hparams import check_expressible, infer_network_config, match_preset
 from ect_scale.edm2_import.snapshot import Edm2Snapshot, ModuleRecord, interpret_snapshot, load_pickle, read_snapshot
-from ect_scale.edm2_import.unpickler import (Edm2ImportError, ForeignObject, PersistentObject, RestrictedUnpickler,
-                                             UnsafePickleError, allowed_globals, safe_load)
+from ect_scale.edm2_import.unpickler import (
+    Edm2ImportError,
+    ForeignObject,
+    PersistentObject,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    allowed_globals,
+    safe_load,
+)
 
-__all__ = ["import_edm2", "ImportResult", "convert_snapshot", "verify_network_file", "describe_encoder",
-           "infer_network_config", "check_expressible", "match_preset", "read_snapshot", "interpret_snapshot",
-           "load_pickle", "Edm2Snapshot", "ModuleRecord", "safe_load", "RestrictedUnpickler", "allowed_globals",
-           "PersistentObject", "ForeignObject", "Edm2ImportError", "UnsafePickleError"]
+__all__ = [
+    "import_edm2",
+    "ImportResult",
+    "convert_snapshot",
+    "verify_network_file",
+    "describe_encoder",
+    "infer_network_config",
+    "check_expressible",
+    "match_preset",
+    "read_snapshot",
+    "interpret_snapshot",
+    "load_pickle",
+    "Edm2Snapshot",
+    "ModuleRecord",
+    "safe_load",
+    "RestrictedUnpickler",
+    "allowed_globals",
+    "PersistentObject",
+    "ForeignObject",
+    "Edm2ImportError",
+    "UnsafePickleError",
+]

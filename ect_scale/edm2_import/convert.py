@@ -24,9 +24,9 @@ from ect_scale.edm2_import.encoder import describe_encoder
 from ect_scale.edm2_import.hparams import infer_network_config, match_preset
 from ect_scale.edm2_import.snapshot import Edm2Snapshot, read_snapshot
 from ect_scale.edm2_import.unpickler import Edm2ImportError
-from ect_scale.netfile import load_network_file, save_network_file
+from ect_scale.networks.netfile import load_network_file, save_network_file
 
-# EDM2's snapshot/reconstruction names: <prefix>-<kimg:07d>-<sigma_rel:.3f>.pkl (reconstruct_phema.py; edm2.md §3).
+# EDM2's snapshot/reconstruction names: <prefix>-<kimg:07d>-<sigma_rel:.3f>.pkl (NVlabs/edm2 reconstruct_phema.py).
 _SNAPSHOT_NAME = re.compile(r"(.*)-(\d+)-(\d+\.\d+)\.pkl")
 _DTYPES = {"float32": torch.float32, "keep": None}
 
@@ -36,8 +36,8 @@ class ImportResult:
     source: str
     out_path: Optional[str]
     config: NetworkConfig
-    preset: Optional[str]                # Exact architecture match, or None.
-    preset_diffs: list[str]              # Differences to the closest preset when there is no exact match.
+    preset: Optional[str]  # Exact architecture match, or None.
+    preset_diffs: list[str]  # Differences to the closest preset when there is no exact match.
     closest_preset: Optional[str]
     num_params: int
     num_tensors: int
@@ -51,22 +51,30 @@ class ImportResult:
 
     def summary(self) -> str:
         c = self.config
-        arch = (f"{c.img_channels}x{c.img_resolution}x{c.img_resolution}, labels {c.label_dim}, channels "
-                f"{c.model_channels} x {c.channel_mult}, {c.num_blocks} blocks/level, "
-                f"attention at {c.attn_resolutions}, "
-                f"dropout {c.dropout}" + (f" at <= {c.dropout_res} px" if c.dropout_res else "")
-                + f", sigma_data {c.sigma_data}, logvar head {c.logvar_channels or 'none'}")
-        preset = (f"{self.preset} (exact architecture match)" if self.preset else
-                  f"none; closest {self.closest_preset} differs in {', '.join(self.preset_diffs[:4])}")
+        arch = (
+            f"{c.img_channels}x{c.img_resolution}x{c.img_resolution}, labels {c.label_dim}, channels "
+            f"{c.model_channels} x {c.channel_mult}, {c.num_blocks} blocks/level, "
+            f"attention at {c.attn_resolutions}, "
+            f"dropout {c.dropout}"
+            + (f" at <= {c.dropout_res} px" if c.dropout_res else "")
+            + f", sigma_data {c.sigma_data}, logvar head {c.logvar_channels or 'none'}"
+        )
+        preset = (
+            f"{self.preset} (exact architecture match)"
+            if self.preset
+            else f"none; closest {self.closest_preset} differs in {', '.join(self.preset_diffs[:4])}"
+        )
         enc = self.meta.get("encoder")
-        lines = [f"source     {self.source}",
-                 f"network    EDM2 Precond, persistence v{self.meta['edm2']['persistence_version']}, module source "
-                 f"sha256 {self.meta['edm2']['module_sha256'][:16]}... (kept as text, never executed)",
-                 f"preset     {preset}",
-                 f"arch       {arch}",
-                 f"params     {self.num_params:,} ({self.num_params / 1e6:.2f} M) in {self.num_tensors} tensors; "
-                 f"pickle {self.pickle_dtype}, stored {self.stored_dtype}",
-                 f"encoder    {json.dumps(enc) if enc else 'none'} [{self.encoder_note}]"]
+        lines = [
+            f"source     {self.source}",
+            f"network    EDM2 Precond, persistence v{self.meta['edm2']['persistence_version']}, module source "
+            f"sha256 {self.meta['edm2']['module_sha256'][:16]}... (kept as text, never executed)",
+            f"preset     {preset}",
+            f"arch       {arch}",
+            f"params     {self.num_params:,} ({self.num_params / 1e6:.2f} M) in {self.num_tensors} tensors; "
+            f"pickle {self.pickle_dtype}, stored {self.stored_dtype}",
+            f"encoder    {json.dumps(enc) if enc else 'none'} [{self.encoder_note}]",
+        ]
         if self.meta.get("ema"):
             lines.append(f"ema        {self.meta['ema']}, trained {self.meta['edm2'].get('nimg', '?'):,} images")
         lines += [f"WARNING    {w}" for w in self.warnings]
@@ -94,9 +102,14 @@ def _jsonable(value: Any) -> Any:
 
 def _provenance(snap: Edm2Snapshot, encoder_note: str) -> dict[str, Any]:
     """meta['edm2']: where the network came from (file name, images seen, EMA profile, loss, dataset)."""
-    out: dict[str, Any] = {"file": os.path.basename(snap.source.rstrip("/")), "keys": snap.keys,
-                           "persistence_version": 6, "module_sha256": snap.module_sha256,
-                           "use_fp16": snap.root.attrs.get("use_fp16"), "encoder_note": encoder_note}
+    out: dict[str, Any] = {
+        "file": os.path.basename(snap.source.rstrip("/")),
+        "keys": snap.keys,
+        "persistence_version": 6,
+        "module_sha256": snap.module_sha256,
+        "use_fp16": snap.root.attrs.get("use_fp16"),
+        "encoder_note": encoder_note,
+    }
     match = _SNAPSHOT_NAME.fullmatch(out["file"])
     if match:
         kimg = int(match.group(2))
@@ -124,20 +137,25 @@ def convert_snapshot(snap: Edm2Snapshot) -> tuple[NetworkConfig, dict[str, Any],
     warnings = []
     loss_sigma = meta["edm2"].get("loss_fn", {}).get("sigma_data")
     if isinstance(loss_sigma, (int, float)) and abs(loss_sigma - config.sigma_data) > 1e-12:
-        warnings.append(f"loss_fn.sigma_data={loss_sigma} differs from the network's sigma_data={config.sigma_data}; "
-                        "the network's value is used (set ect.sigma_data to it)")
+        warnings.append(
+            f"loss_fn.sigma_data={loss_sigma} differs from the network's sigma_data={config.sigma_data}; "
+            "the network's value is used (set ect.sigma_data to it)"
+        )
     return config, meta, note, warnings
 
 
-def verify_network_file(path: str, tensors: dict[str, torch.Tensor], config: NetworkConfig, meta: dict,
-                        forward: bool = True) -> str:
+def verify_network_file(
+    path: str, tensors: dict[str, torch.Tensor], config: NetworkConfig, meta: dict, forward: bool = True
+) -> str:
     """Reload `path` into `Precond`: every tensor must equal the pickle's (as float32); optionally run a forward."""
     net, meta_read = load_network_file(path)
     state = net.state_dict()
     differing = [k for k, t in tensors.items() if not torch.equal(state[k], t.to(torch.float32))]
     if differing or net.config != config or meta_read != json.loads(json.dumps(meta)):
-        raise Edm2ImportError(f"{path}: the written file does not reproduce the pickle (tensors differing: "
-                              f"{differing[:5]}). Fix: report this as a bug")
+        raise Edm2ImportError(
+            f"{path}: the written file does not reproduce the pickle (tensors differing: "
+            f"{differing[:5]}). Fix: report this as a bug"
+        )
     note = f"reloaded into Precond: {len(tensors)} tensors equal the pickle's"
     if forward:
         g = torch.Generator().manual_seed(0)
@@ -153,8 +171,14 @@ def verify_network_file(path: str, tensors: dict[str, torch.Tensor], config: Net
     return note
 
 
-def import_edm2(in_path: str, out_path: Optional[str], dtype: str = "float32", verify: bool = True,
-                forward: bool = True, log: Callable[[str], None] = lambda s: None) -> ImportResult:
+def import_edm2(
+    in_path: str,
+    out_path: Optional[str],
+    dtype: str = "float32",
+    verify: bool = True,
+    forward: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> ImportResult:
     """Read an EDM2 snapshot pickle safely, infer its NetworkConfig, write and verify an ect_scale network file."""
     if dtype not in _DTYPES:
         raise Edm2ImportError(f"dtype: unknown value {dtype!r}, expected one of {sorted(_DTYPES)}. Fix: use float32")
@@ -166,11 +190,22 @@ def import_edm2(in_path: str, out_path: Optional[str], dtype: str = "float32", v
     pickle_dtypes = "/".join(sorted({str(t.dtype).replace("torch.", "") for t in snap.tensors.values()}))
     num_params = sum(t.numel() for k, t in snap.tensors.items() if k not in snap.buffers)
     best, diffs = match_preset(config)
-    result = ImportResult(source=in_path, out_path=out_path, config=config, preset=None if diffs else best,
-                          preset_diffs=diffs, closest_preset=best, num_params=num_params,
-                          num_tensors=len(snap.tensors), pickle_dtype=pickle_dtypes,
-                          stored_dtype="float32" if _DTYPES[dtype] else pickle_dtypes, encoder_note=note, meta=meta,
-                          warnings=warnings, seconds=seconds)
+    result = ImportResult(
+        source=in_path,
+        out_path=out_path,
+        config=config,
+        preset=None if diffs else best,
+        preset_diffs=diffs,
+        closest_preset=best,
+        num_params=num_params,
+        num_tensors=len(snap.tensors),
+        pickle_dtype=pickle_dtypes,
+        stored_dtype="float32" if _DTYPES[dtype] else pickle_dtypes,
+        encoder_note=note,
+        meta=meta,
+        warnings=warnings,
+        seconds=seconds,
+    )
     if out_path is None:
         return result
     log(f"writing {out_path} ({result.stored_dtype})")

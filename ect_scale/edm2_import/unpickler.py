@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 
 
 class Edm2ImportError(UserError, ValueError):
@@ -115,8 +115,9 @@ class _Call:
         except Edm2ImportError:
             raise
         except Exception as e:  # Damaged arguments: say which global rejected them.
-            raise Edm2ImportError(f"{self.global_name}: malformed arguments in the pickle ({type(e).__name__}: "
-                                  f"{e})") from None
+            raise Edm2ImportError(
+                f"{self.global_name}: malformed arguments in the pickle ({type(e).__name__}: {e})"
+            ) from None
 
     def __setstate__(self, state: Any) -> None:
         raise UnsafePickleError(f"the pickle tries to modify the allowed global {self.global_name}")
@@ -137,8 +138,9 @@ def _load_storage(blob: Any):
             warnings.simplefilter("ignore")  # TypedStorage deprecation warnings.
             storage = torch.load(io.BytesIO(bytes(blob)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"an embedded tensor storage was refused by torch.load(weights_only=True): "
-                                f"{e}") from None
+        raise UnsafePickleError(
+            f"an embedded tensor storage was refused by torch.load(weights_only=True): {e}"
+        ) from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise UnsafePickleError(f"an embedded tensor blob holds {type(storage).__name__}, expected a storage")
     return storage
@@ -156,8 +158,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
         raise UnsafePickleError(f"_rebuild_tensor_v2 expects a typed storage, found {type(storage).__name__}")
     size, stride = _check_ints(size, "size"), _check_ints(stride, "stride")
     if not isinstance(offset, int) or offset < 0 or len(size) != len(stride) or extra:
-        raise UnsafePickleError(f"_rebuild_tensor_v2: malformed arguments (offset {offset!r}, size {size}, "
-                                f"stride {stride})")
+        raise UnsafePickleError(
+            f"_rebuild_tensor_v2: malformed arguments (offset {offset!r}, size {size}, stride {stride})"
+        )
     if hooks:
         raise UnsafePickleError("_rebuild_tensor_v2: tensors with backward hooks are not accepted")
     if metadata and not (isinstance(metadata, dict) and all(isinstance(v, bool) for v in metadata.values())):
@@ -176,8 +179,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
 def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None, *extra):
     """`torch._utils._rebuild_parameter[_with_state]`: the parameter's data as a plain tensor."""
     if not isinstance(data, torch.Tensor) or hooks or extra:
-        raise UnsafePickleError(f"_rebuild_parameter: malformed arguments (data {type(data).__name__}, "
-                                f"hooks {hooks!r})")
+        raise UnsafePickleError(
+            f"_rebuild_parameter: malformed arguments (data {type(data).__name__}, hooks {hooks!r})"
+        )
     return data
 
 
@@ -191,15 +195,20 @@ def _numpy_dtype(code, align=False, copy=True):
 def _numpy_reconstruct(cls, shape, typecode):
     """`numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`: an empty array that BUILD then fills."""
     if not (isinstance(cls, _Call) and cls.global_name == "numpy.ndarray") or tuple(shape) != (0,) or typecode != b"b":
-        raise UnsafePickleError(f"numpy _reconstruct: expected (numpy.ndarray, (0,), b'b'), found ({cls!r}, {shape!r}, "
-                                f"{typecode!r})")
+        raise UnsafePickleError(
+            f"numpy _reconstruct: expected (numpy.ndarray, (0,), b'b'), found ({cls!r}, {shape!r}, {typecode!r})"
+        )
     return np.ndarray.__new__(np.ndarray, (0,), "b")
 
 
 def _numpy_frombuffer(buf, dtype, shape, order="C"):
     """`numpy._core.numeric._frombuffer`: protocol-5 in-band arrays."""
-    if (not isinstance(dtype, np.dtype) or dtype.kind not in "biufc?" or not isinstance(buf, (bytes, bytearray))
-            or order not in ("C", "F")):
+    if (
+        not isinstance(dtype, np.dtype)
+        or dtype.kind not in "biufc?"
+        or not isinstance(buf, (bytes, bytearray))
+        or order not in ("C", "F")
+    ):
         raise UnsafePickleError(f"numpy _frombuffer: only numeric arrays from bytes are accepted, found {dtype!r}")
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(_check_ints(shape, "shape"), order=order).copy()
 
@@ -219,6 +228,7 @@ def _hashable_collection(kind: type) -> Callable:
         if not isinstance(items, (list, tuple)):
             raise UnsafePickleError(f"builtins.{kind.__name__} expects a list, found {type(items).__name__}")
         return kind(items)
+
     return build
 
 
@@ -234,7 +244,7 @@ _CALLABLES: dict[str, Callable] = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "numpy.core.multiarray._reconstruct": _numpy_reconstruct,   # numpy 1.x
+    "numpy.core.multiarray._reconstruct": _numpy_reconstruct,  # numpy 1.x
     "numpy._core.multiarray._reconstruct": _numpy_reconstruct,  # numpy 2.x
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
@@ -250,8 +260,11 @@ _CALLABLES: dict[str, Callable] = {
 _TYPES: dict[str, type] = {"collections.OrderedDict": collections.OrderedDict}
 # Recognised classes rebuilt as inert stand-ins; EasyDict is a dict subclass holding the snapshot's entries.
 _DICT_CLASSES = ("dnnlib.util.EasyDict", "dnnlib.EasyDict")
-_FOREIGN_CLASSES = ("torch.nn.modules.container.ModuleDict", "torch.nn.modules.container.ModuleList",
-                    "torch.nn.modules.container.Sequential")
+_FOREIGN_CLASSES = (
+    "torch.nn.modules.container.ModuleDict",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.container.Sequential",
+)
 
 
 def allowed_globals() -> list[str]:
@@ -264,8 +277,9 @@ def allowed_globals() -> list[str]:
 
 def _refuse_state(self, state: Any) -> None:
     if state:
-        raise UnsafePickleError(f"the pickle tries to BUILD attributes into {type(self).__name__}; "
-                                "EDM2 pickles never do")
+        raise UnsafePickleError(
+            f"the pickle tries to BUILD attributes into {type(self).__name__}; EDM2 pickles never do"
+        )
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -295,11 +309,14 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"{self.source}: refused to load global '{key}'. The pickle asks for a function or class that an EDM2 "
             f"snapshot does not contain, and nothing from the pickle has been executed. Allowed globals: "
             f"{', '.join(allowed_globals())}. Fix: only import pickles from a source you trust; if this really is an "
-            "NVIDIA EDM2/ECT snapshot written by newer torch or numpy, report this global name")
+            "NVIDIA EDM2/ECT snapshot written by newer torch or numpy, report this global name"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self.source}: refused a persistent id ({str(pid)[:80]!r}); EDM2 snapshot pickles "
-                                "contain none (a torch.save archive is not a snapshot pickle)")
+        raise UnsafePickleError(
+            f"{self.source}: refused a persistent id ({str(pid)[:80]!r}); EDM2 snapshot pickles "
+            "contain none (a torch.save archive is not a snapshot pickle)"
+        )
 
 
 def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
@@ -311,12 +328,27 @@ def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
             raise
         raise type(e)(f"{source}: {e}") from None
     except MemoryError:
-        raise Edm2ImportError(f"{source}: ran out of memory while unpickling. Either the file is damaged (a length "
-                              "field asks for an impossible allocation) or this machine has too little RAM for the "
-                              "network (docs/import.md lists the memory needed). Fix: re-download the file, or run "
-                              "on a machine with more memory") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RuntimeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
-        raise Edm2ImportError(f"{source}: not a readable pickle ({type(e).__name__}: {e}). Expected an EDM2 snapshot "
-                              "pickle (network-snapshot-*.pkl or a posthoc-reconstructions/*.pkl). Fix: check that "
-                              "the download is complete and that this is the .pkl file") from None
+        raise Edm2ImportError(
+            f"{source}: ran out of memory while unpickling. Either the file is damaged (a length "
+            "field asks for an impossible allocation) or this machine has too little RAM for the "
+            "network (docs/import.md lists the memory needed). Fix: re-download the file, or run "
+            "on a machine with more memory"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RuntimeError,
+        UnicodeDecodeError,
+        OverflowError,
+        RecursionError,
+    ) as e:
+        raise Edm2ImportError(
+            f"{source}: not a readable pickle ({type(e).__name__}: {e}). Expected an EDM2 snapshot "
+            "pickle (network-snapshot-*.pkl or a posthoc-reconstructions/*.pkl). Fix: check that "
+            "the download is complete and that this is the .pkl file"
+        ) from None

@@ -33,10 +33,18 @@ class SmallClassifier(torch.nn.Module):
         self.config = {"num_classes": num_classes, "width": width, "feature_dim": feature_dim}
         w = width
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(w, 2 * w, 3, padding=1), torch.nn.SiLU(), torch.nn.AvgPool2d(2, ceil_mode=True),
-            torch.nn.Conv2d(2 * w, 2 * w, 3, padding=1), torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(8 * w, feature_dim), torch.nn.SiLU())
+            torch.nn.Conv2d(3, w, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(w, 2 * w, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.AvgPool2d(2, ceil_mode=True),
+            torch.nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * w, feature_dim),
+            torch.nn.SiLU(),
+        )
         self.head = torch.nn.Linear(feature_dim, num_classes)
 
     def forward(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +53,16 @@ class SmallClassifier(torch.nn.Module):
         return features, self.head(features)
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15, batch: int = 64,
-                     lr: float = 2e-3, holdout: float = 0.1, seed: int = 0,
-                     log=print) -> tuple[SmallClassifier, dict]:
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int = 15,
+    batch: int = 64,
+    lr: float = 2e-3,
+    holdout: float = 0.1,
+    seed: int = 0,
+    log=print,
+) -> tuple[SmallClassifier, dict]:
     """Train on all but a `holdout` fraction (a fixed random split), report that fraction's accuracy, then return
     the classifier (Adam, cross-entropy, a little input noise against over-fitting to exact pixel values)."""
     gen = torch.Generator().manual_seed(seed)
@@ -59,11 +74,11 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 1
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * ((len(train) + batch - 1) // batch))
     x_all = images.to(torch.float32)
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         perm = train[torch.randperm(len(train), generator=gen)]
         for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             x = (x_all[idx] + 4.0 * torch.randn(x_all[idx].shape, generator=gen)).clamp(0, 255)
             loss = torch.nn.functional.cross_entropy(model(x)[1], labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -82,8 +97,9 @@ def save_classifier(path: str, model: SmallClassifier, meta: Optional[dict] = No
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, path, metadata={"format": FORMAT, "config": json.dumps(model.config),
-                                       "meta": json.dumps(meta or {})})
+    save_file(
+        tensors, path, metadata={"format": FORMAT, "config": json.dumps(model.config), "meta": json.dumps(meta or {})}
+    )
 
 
 def load_classifier(path: str, device="cpu") -> tuple[SmallClassifier, dict]:
@@ -91,13 +107,17 @@ def load_classifier(path: str, device="cpu") -> tuple[SmallClassifier, dict]:
     from safetensors import safe_open
 
     if not path or not os.path.isfile(path):
-        raise DetectorFileError(f"classifier file not found: {path or '(not set)'}. Fix: train one on your training "
-                                "shards with tools/train_classifier.py --data MANIFEST --out FILE")
+        raise DetectorFileError(
+            f"classifier file not found: {path or '(not set)'}. Fix: train one on your training "
+            "shards with tools/train_classifier.py --data MANIFEST --out FILE"
+        )
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise DetectorFileError(f"{path}: not a classifier file of tools/train_classifier.py "
-                                    f"(format {meta.get('format')!r}). Fix: pass the file that tool wrote")
+            raise DetectorFileError(
+                f"{path}: not a classifier file of tools/train_classifier.py "
+                f"(format {meta.get('format')!r}). Fix: pass the file that tool wrote"
+            )
         state = {k: f.get_tensor(k) for k in f.keys()}
     model = SmallClassifier(**json.loads(meta["config"]))
     model.load_state_dict(state)
@@ -143,9 +163,12 @@ class SampleAccuracy:
         self.total[name] = self.total.get(name, 0) + len(seeds)
 
     def result(self) -> dict[str, float]:
-        from ect_scale import dist
+        from ect_scale.runtime import dist
 
         names = sorted(self.total)
-        counts = dist.all_reduce_(torch.tensor([[self.correct[n], self.total[n]] for n in names],
-                                                 dtype=torch.float64, device=self.detector.device))
+        counts = dist.all_reduce_(
+            torch.tensor(
+                [[self.correct[n], self.total[n]] for n in names], dtype=torch.float64, device=self.detector.device
+            )
+        )
         return {n: float(c / t) for n, (c, t) in zip(names, counts.tolist())}

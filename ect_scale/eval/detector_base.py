@@ -10,8 +10,8 @@ import os
 import torch
 
 from ect_scale.data.storage import file_sha256
-from ect_scale.errors import UserError
 from ect_scale.eval.stats import no_tf32
+from ect_scale.runtime.errors import UserError
 
 
 class DetectorFileError(UserError, FileNotFoundError):
@@ -41,14 +41,15 @@ class Detector(abc.ABC):
         return det
 
     @abc.abstractmethod
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        ...
+    def _run(self, images: torch.Tensor) -> torch.Tensor: ...
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{type(self).__name__}: expected uint8 images [N,3,H,W], got {images.dtype} "
-                             f"{list(images.shape)} (quantise samples with the encoder's decode() first)")
+            raise ValueError(
+                f"{type(self).__name__}: expected uint8 images [N,3,H,W], got {images.dtype} "
+                f"{list(images.shape)} (quantise samples with the encoder's decode() first)"
+            )
         with no_tf32():
             return self._run(images.to(self.device)).to(torch.float32).reshape(images.shape[0], -1)
 
@@ -56,5 +57,10 @@ class Detector(abc.ABC):
         return int(self(torch.zeros([1, 3, 64, 64], dtype=torch.uint8, device=self.device)).shape[1])
 
     def describe(self) -> dict:
-        return {"metric": self.metric, "detector": type(self).__name__, "source": self.source,
-                "sha256": self.sha256, "feature_dim": self.feature_dim}
+        return {
+            "metric": self.metric,
+            "detector": type(self).__name__,
+            "source": self.source,
+            "sha256": self.sha256,
+            "feature_dim": self.feature_dim,
+        }

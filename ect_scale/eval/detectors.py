@@ -6,16 +6,16 @@ expected file and where to get it. A detector maps uint8 images [N,3,H,W] (any r
 
 * Inception-v3: NVIDIA's TorchScript `inception-2015-12-05.pt` (StyleGAN2-ADA), a direct translation of the
   TensorFlow graph including its resize to 299x299, called as `model(images, return_features=True)` on uint8
-  images at their native resolution (never pre-resized; `systems.md` §4.2-4.3). EDM2 and ECT load the same
+  images at their native resolution (never pre-resized; docs/evaluation.md). EDM2 and ECT load the same
   network from the StyleGAN3 pickle `inception-2015-12-05.pkl`; that pickle rebuilds classes from source code
   stored inside it (EDM2's `torch_utils.persistence`), so it is loaded only when explicitly trusted.
 * DINOv2 ViT-L/14: the `dinov2_vitl14` entry point of a local clone of facebookresearch/dinov2, built with
   `pretrained=False` and loaded from a local `dinov2_vitl14_pretrain.pth`. Preprocessing as EDM2's default
-  (`edm2.md` §5.1): bicubic antialiased resize to 224x224 in float, /255, ImageNet mean/std; the CLS feature.
+  (NVlabs/edm2 calculate_metrics.py, DINOv2Detector): bicubic antialiased resize to 224x224 in float, /255, ImageNet
+  mean/std; the CLS feature.
 """
 
 from __future__ import annotations
-
 
 import os
 import pickle
@@ -29,8 +29,9 @@ from ect_scale.eval.detector_base import Detector, DetectorFileError  # noqa: F4
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-INCEPTION_PKL_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/"
-                     "inception-2015-12-05.pkl")
+INCEPTION_PKL_URL = (
+    "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl"
+)
 DINOV2_REPO_URL = "https://github.com/facebookresearch/dinov2"
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
@@ -47,7 +48,8 @@ def _missing_inception(path: str) -> DetectorFileError:
     return DetectorFileError(
         f"Inception-v3 weights not found: {path}. Fix: download NVIDIA's TorchScript {INCEPTION_FILE} from "
         f"{INCEPTION_URL} on a machine with network access, copy it here and pass its path "
-        "(eval.inception_path / --inception)")
+        "(eval.inception_path / --inception)"
+    )
 
 
 def _load_trusted_pickle(path: str) -> torch.nn.Module:
@@ -57,7 +59,8 @@ def _load_trusted_pickle(path: str) -> torch.nn.Module:
     except ModuleNotFoundError as e:
         raise DetectorFileError(
             f"{path}: unpickling needs module '{e.name}' (EDM2/StyleGAN3 `dnnlib`/`torch_utils` on PYTHONPATH). "
-            f"Fix: use the TorchScript {INCEPTION_FILE} ({INCEPTION_URL}) instead; it is the same network") from None
+            f"Fix: use the TorchScript {INCEPTION_FILE} ({INCEPTION_URL}) instead; it is the same network"
+        ) from None
 
 
 class InceptionV3Detector(Detector):
@@ -73,7 +76,8 @@ class InceptionV3Detector(Detector):
                 raise DetectorFileError(
                     f"{path}: the StyleGAN3/EDM2 pickle ({INCEPTION_PKL_URL}) executes code stored in the file when "
                     f"loaded. Fix: use the TorchScript {INCEPTION_FILE} from {INCEPTION_URL} (the same network), or "
-                    "pass trust_pickle=True / --trust-pickle if you trust this file and have EDM2's code on PYTHONPATH")
+                    "pass trust_pickle=True / --trust-pickle if you trust this file and have EDM2's code on PYTHONPATH"
+                )
             model = _load_trusted_pickle(path)
         else:
             try:
@@ -81,8 +85,10 @@ class InceptionV3Detector(Detector):
                     warnings.filterwarnings("ignore", category=DeprecationWarning)
                     model = torch.jit.load(path, map_location="cpu")
             except RuntimeError as e:
-                raise DetectorFileError(f"{path}: not a TorchScript file ({str(e).splitlines()[0]}). Fix: download "
-                                        f"{INCEPTION_FILE} again from {INCEPTION_URL}") from None
+                raise DetectorFileError(
+                    f"{path}: not a TorchScript file ({str(e).splitlines()[0]}). Fix: download "
+                    f"{INCEPTION_FILE} again from {INCEPTION_URL}"
+                ) from None
         super().__init__(model, device, path)
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
@@ -97,11 +103,13 @@ def _check_dinov2_files(repo_dir: Optional[str], weights: Optional[str]) -> None
     if not repo_dir or not os.path.isfile(os.path.join(repo_dir, "hubconf.py")):
         raise DetectorFileError(
             f"DINOv2 code not found: {repo_dir or '(not set)'} has no hubconf.py. Fix: `git clone {DINOV2_REPO_URL}` "
-            "on a machine with network access, copy the clone here and pass it (eval.dinov2_repo / --dinov2-repo)")
+            "on a machine with network access, copy the clone here and pass it (eval.dinov2_repo / --dinov2-repo)"
+        )
     if not weights or not os.path.isfile(weights):
         raise DetectorFileError(
             f"DINOv2 ViT-L/14 weights not found: {weights or '(not set)'}. Fix: download {DINOV2_FILE} from "
-            f"{DINOV2_URL} and pass its path (eval.dinov2_path / --dinov2-weights)")
+            f"{DINOV2_URL} and pass its path (eval.dinov2_path / --dinov2-weights)"
+        )
 
 
 def load_dinov2_vitl14(repo_dir: Optional[str], weights: Optional[str]) -> torch.nn.Module:
@@ -114,8 +122,10 @@ def load_dinov2_vitl14(repo_dir: Optional[str], weights: Optional[str]) -> torch
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if "mask_token" not in k]  # Unused at inference.
     if missing or unexpected:
-        raise DetectorFileError(f"{weights}: does not match dinov2_vitl14 (missing {missing[:4]}, unexpected "
-                                f"{unexpected[:4]}). Fix: download {DINOV2_FILE} from {DINOV2_URL}")
+        raise DetectorFileError(
+            f"{weights}: does not match dinov2_vitl14 (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}). Fix: download {DINOV2_FILE} from {DINOV2_URL}"
+        )
     return model
 
 
@@ -137,9 +147,15 @@ class DINOv2Detector(Detector):
 # ----------------------------------------------------------------------------
 
 
-def build_detectors(metrics, device, inception_path: Optional[str] = None, dinov2_repo: Optional[str] = None,
-                    dinov2_path: Optional[str] = None, trust_pickle: bool = False,
-                    classifier_path: Optional[str] = None) -> dict[str, Detector]:
+def build_detectors(
+    metrics,
+    device,
+    inception_path: Optional[str] = None,
+    dinov2_repo: Optional[str] = None,
+    dinov2_path: Optional[str] = None,
+    trust_pickle: bool = False,
+    classifier_path: Optional[str] = None,
+) -> dict[str, Detector]:
     """metric name -> detector, for `metrics` ⊆ METRICS. Every rank loads its own copy."""
     out: dict[str, Detector] = {}
     for metric in metrics:

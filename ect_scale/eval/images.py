@@ -43,8 +43,10 @@ class ImageDataset(torch.utils.data.Dataset):
         self._zip: Optional[zipfile.ZipFile] = None
         self._array: Optional[np.ndarray] = None
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--data: {path} does not exist. Fix: pass a folder of images, a .zip of images "
-                                    "(EDM2 dataset_tool format) or an .npz of uint8 images")
+            raise FileNotFoundError(
+                f"--data: {path} does not exist. Fix: pass a folder of images, a .zip of images "
+                "(EDM2 dataset_tool format) or an .npz of uint8 images"
+            )
         if path.endswith(".npz"):
             self._array = self._load_npz(path)
             self.names = [f"{path}[{i}]" for i in range(len(self._array))]
@@ -52,8 +54,12 @@ class ImageDataset(torch.utils.data.Dataset):
             with zipfile.ZipFile(path) as z:
                 self.names = sorted(n for n in z.namelist() if n.lower().endswith(IMAGE_EXTENSIONS))
         else:
-            self.names = sorted(os.path.relpath(os.path.join(root, f), path) for root, _, files in os.walk(path)
-                                for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+            self.names = sorted(
+                os.path.relpath(os.path.join(root, f), path)
+                for root, _, files in os.walk(path)
+                for f in files
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
         self.order = subset_order(len(self.names), max_images, seed, path)
         self.resolution = tuple(self._read(int(self.order[0])).shape[:2])
 
@@ -63,8 +69,9 @@ class ImageDataset(torch.utils.data.Dataset):
             key = "images" if "images" in data else data.files[0]
             arr = data[key]
         if arr.dtype != np.uint8 or arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[3]):
-            raise ValueError(f"--data: {path}['{key}'] must be uint8 [N,H,W,3] or [N,3,H,W], "
-                             f"got {arr.dtype} {arr.shape}")
+            raise ValueError(
+                f"--data: {path}['{key}'] must be uint8 [N,H,W,3] or [N,3,H,W], got {arr.dtype} {arr.shape}"
+            )
         return arr if arr.shape[3] == 3 else arr.transpose(0, 2, 3, 1)
 
     def __len__(self) -> int:
@@ -87,17 +94,25 @@ class ImageDataset(torch.utils.data.Dataset):
         i = int(self.order[idx])
         img = self._read(i)
         if tuple(img.shape[:2]) != self.resolution:
-            raise ValueError(f"{self.names[i]}: {img.shape[1]}x{img.shape[0]} differs from the dataset's "
-                             f"{self.resolution[1]}x{self.resolution[0]}. Fix: resize/crop every image to the training "
-                             "resolution first (EDM2: dataset_tool.py convert --resolution=512x512)")
+            raise ValueError(
+                f"{self.names[i]}: {img.shape[1]}x{img.shape[0]} differs from the dataset's "
+                f"{self.resolution[1]}x{self.resolution[0]}. Fix: resize/crop every image to the training "
+                "resolution first (EDM2: dataset_tool.py convert --resolution=512x512)"
+            )
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
 class SourceDataset(torch.utils.data.Dataset):
     """uint8 [3,R,R] images of a data-package image source, center-cropped to `resolution` like the shards."""
 
-    def __init__(self, spec: str, resolution: int, max_images: Optional[int] = None, seed: int = 0,
-                 labels_file: Optional[str] = None):
+    def __init__(
+        self,
+        spec: str,
+        resolution: int,
+        max_images: Optional[int] = None,
+        seed: int = 0,
+        labels_file: Optional[str] = None,
+    ):
         from ect_scale.data.images import open_source
 
         self.source = open_source(spec, labels_file)
@@ -121,13 +136,24 @@ def subset_order(num: int, max_images: Optional[int], seed: int, where: str) -> 
     return np.sort(np.random.default_rng(seed).choice(num, max_images, replace=False))
 
 
-def rank_loader(dataset: torch.utils.data.Dataset, batch_size: int, rank: int, world_size: int, num_workers: int = 2,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def rank_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    num_workers: int = 2,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """This rank's batches (array_split into ceil(N / batch_size) batches, rank takes r::world)."""
     batches = [b.tolist() for b in rank_batches(len(dataset), batch_size, rank, world_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                                       prefetch_factor=2 if num_workers > 0 else None,
-                                       persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
 
 
 def decoded_shards(url: str, vae_path: Optional[str] = None, device="cpu") -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -139,8 +165,12 @@ def decoded_shards(url: str, vae_path: Optional[str] = None, device="cpu") -> tu
     raw, labels, manifest = read_dataset(url)
     encoder = build_encoder(manifest.encoder, vae_path)
     gen = torch.Generator(device=device).manual_seed(0)
-    images = torch.cat([encoder.decode(encoder.encode(torch.from_numpy(raw[i:i + 256]).to(device), gen)).cpu()
-                        for i in range(0, len(raw), 256)])
+    images = torch.cat(
+        [
+            encoder.decode(encoder.encode(torch.from_numpy(raw[i : i + 256]).to(device), gen)).cpu()
+            for i in range(0, len(raw), 256)
+        ]
+    )
     return images, torch.from_numpy(labels), manifest
 
 

@@ -2,7 +2,7 @@
 steps on `eval.num_samples` samples, plus sample grids, in TensorBoard. Independent of DeepSpeed.
 
     evaluator = InLoopEvaluator(cfg.eval, cfg.ect, encoder, device)        # all ranks
-    if evaluator.due(prev_nimg, nimg):
+    if evaluator.every.due(prev_nimg, nimg):
         results = evaluator.run({"ema-0.050": ema_net, ...}, nimg, writer)  # all ranks (collective)
 
 All ranks share the work (seeds split across ranks) and get the same results back; grids are made and written
@@ -22,12 +22,13 @@ import torch
 from ect_scale.config.ect import ECTConfig
 from ect_scale.config.eval import EvalConfig
 from ect_scale.eval.detectors import Detector, build_detectors
-from ect_scale.eval.distributed import is_main, print0
+from ect_scale.eval.grids import auto_zoom, make_grid
 from ect_scale.eval.pipeline import eval_mode, generated_stats
 from ect_scale.eval.refs import ReferenceStats, load_reference
 from ect_scale.eval.sampling import SamplerSpec, consistency_spec, sample_many
 from ect_scale.eval.stats import fd_between
-from ect_scale.samples import auto_zoom, make_grid
+from ect_scale.runtime.dist import is_main, print0
+from ect_scale.runtime.intervals import Interval
 
 METRIC_TAGS = {"fid": "FID", "fd_dinov2": "FD_DINOv2", "fd_classifier": "FD_classifier"}
 
@@ -35,25 +36,37 @@ METRIC_TAGS = {"fid": "FID", "fd_dinov2": "FD_DINOv2", "fd_classifier": "FD_clas
 class InLoopEvaluator:
     """Smaller-sample FID of several nets at several step counts, on all ranks (see module docstring)."""
 
-    def __init__(self, cfg: EvalConfig, ect_cfg: ECTConfig, encoder, device,
-                 detectors: Optional[dict[str, Detector]] = None, reference: Optional[ReferenceStats] = None):
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        ect_cfg: ECTConfig,
+        encoder,
+        device,
+        detectors: Optional[dict[str, Detector]] = None,
+        reference: Optional[ReferenceStats] = None,
+    ):
         cfg.validate_files("eval")
         self.cfg, self.encoder, self.device = cfg, encoder, torch.device(device)
         self.specs: list[SamplerSpec] = [consistency_spec(n, ect_cfg.t_mid, ect_cfg.t_max) for n in sorted(cfg.steps)]
         self.reference = reference if reference is not None else load_reference(cfg.ref_stats)
-        self.detectors = detectors if detectors is not None else build_detectors(
-            cfg.metrics, self.device, inception_path=cfg.inception_path, dinov2_repo=cfg.dinov2_repo,
-            dinov2_path=cfg.dinov2_path, classifier_path=cfg.classifier_path)
+        self.detectors = (
+            detectors
+            if detectors is not None
+            else build_detectors(
+                cfg.metrics,
+                self.device,
+                inception_path=cfg.inception_path,
+                dinov2_repo=cfg.dinov2_repo,
+                dinov2_path=cfg.dinov2_path,
+                classifier_path=cfg.classifier_path,
+            )
+        )
         for metric, det in self.detectors.items():
             self.reference.require(metric, det.feature_dim)  # Fail now, not hours into training.
         self.seeds = np.arange(cfg.seed, cfg.seed + cfg.num_samples, dtype=np.int64)
+        self.every = Interval(cfg.interval_nimg)
         self.history: list[dict] = []
         self.last_grids: dict[str, torch.Tensor] = {}
-
-    def due(self, prev_nimg: int, nimg: int) -> bool:
-        """True when training went from `prev_nimg` to `nimg` across a multiple of `eval.interval_nimg`."""
-        k = self.cfg.interval_nimg
-        return k > 0 and nimg // k != prev_nimg // k
 
     def run(self, nets: dict[str, torch.nn.Module], nimg: int, writer=None) -> dict[str, float]:
         """Evaluate every net (collective). Returns e.g. {'FID/1step/ema-0.050': 12.3, ..., 'Timing/eval_sec': 41}.
@@ -63,8 +76,16 @@ class InLoopEvaluator:
         t0 = time.perf_counter()
         results: dict[str, float] = {}
         for net_name, net in nets.items():  # generated_stats samples in eval mode and restores the mode.
-            stats = generated_stats(net, self.encoder, self.detectors, self.seeds, self.specs,
-                                    self.cfg.batch_gpu, self.device, progress="none")
+            stats = generated_stats(
+                net,
+                self.encoder,
+                self.detectors,
+                self.seeds,
+                self.specs,
+                self.cfg.batch_gpu,
+                self.device,
+                progress="none",
+            )
             for spec in self.specs:
                 for metric, s in stats[spec.name].items():
                     results[f"{METRIC_TAGS[metric]}/{spec.name}/{net_name}"] = self._distance(s, metric)
@@ -88,16 +109,18 @@ class InLoopEvaluator:
         g = self.cfg.grid_size
         if g == 0 or not is_main():
             return {}
-        seeds = self.seeds[:g * g]
+        seeds = self.seeds[: g * g]
         images: dict[str, list[torch.Tensor]] = {}
         for net_name, net in nets.items():
             with eval_mode(net):
                 for start in range(0, len(seeds), self.cfg.batch_gpu):  # Same memory bound as the FID pass.
-                    samples = sample_many(net, seeds[start:start + self.cfg.batch_gpu], self.specs, self.device)
+                    samples = sample_many(net, seeds[start : start + self.cfg.batch_gpu], self.specs, self.device)
                     for spec_name, x in samples.items():
                         images.setdefault(f"Samples/{spec_name}/{net_name}", []).append(self.encoder.decode(x).cpu())
-        return {tag: make_grid(torch.cat(parts), cols=g, pad=2, zoom=auto_zoom(parts[0].shape[-1]))
-                for tag, parts in images.items()}
+        return {
+            tag: make_grid(torch.cat(parts), cols=g, pad=2, zoom=auto_zoom(parts[0].shape[-1]))
+            for tag, parts in images.items()
+        }
 
     def _write(self, writer, results: dict[str, float], nimg: int) -> None:
         if writer is None or not is_main():

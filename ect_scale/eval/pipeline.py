@@ -14,18 +14,18 @@ import numpy as np
 import torch
 
 from ect_scale.eval.detectors import Detector
-from ect_scale.eval.distributed import get_rank, get_world_size, print0
 from ect_scale.eval.progress import Progress, ProgressMode, StageTimer, stage
 from ect_scale.eval.refs import ReferenceStats
 from ect_scale.eval.sampling import SamplerSpec, rank_batches, sample_many
 from ect_scale.eval.stats import FeatureStats, GaussianStats, fd_between, reduce_stats
+from ect_scale.runtime.dist import get_rank, get_world_size, print0
 
 ImagesHook = Callable[[str, np.ndarray, torch.Tensor], None]
 
 
 @contextlib.contextmanager
 def eval_mode(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Evaluate `net` in eval mode (no dropout; `traps.md` 3) and restore its previous mode afterwards."""
+    """Evaluate `net` in eval mode (no dropout; locuslab/ect#21) and restore its previous mode afterwards."""
     was_training = net.training
     net.eval()
     try:
@@ -56,8 +56,13 @@ def _accumulators(names: Iterable[str], detectors: dict[str, Detector], device) 
     return {(n, m): FeatureStats(d.feature_dim, device) for n in names for m, d in detectors.items()}
 
 
-def _detect(images: torch.Tensor, name: str, detectors: dict[str, Detector],
-            accs: dict[tuple[str, str], FeatureStats], timer: Optional[StageTimer]) -> None:
+def _detect(
+    images: torch.Tensor,
+    name: str,
+    detectors: dict[str, Detector],
+    accs: dict[tuple[str, str], FeatureStats],
+    timer: Optional[StageTimer],
+) -> None:
     for metric, det in detectors.items():
         with stage(timer, metric, images.shape[0]):
             accs[(name, metric)].update(det(images))
@@ -71,10 +76,19 @@ def _finish(accs: dict[tuple[str, str], FeatureStats]) -> dict[str, dict[str, Ga
     return out
 
 
-def generated_stats(net: torch.nn.Module, encoder, detectors: dict[str, Detector], seeds: Sequence[int],
-                    specs: Sequence[SamplerSpec], batch_gpu: int, device, progress: ProgressMode = "auto",
-                    desc: str = "eval", timer: Optional[StageTimer] = None,
-                    on_images: Optional[ImagesHook] = None) -> dict[str, dict[str, GaussianStats]]:
+def generated_stats(
+    net: torch.nn.Module,
+    encoder,
+    detectors: dict[str, Detector],
+    seeds: Sequence[int],
+    specs: Sequence[SamplerSpec],
+    batch_gpu: int,
+    device,
+    progress: ProgressMode = "auto",
+    desc: str = "eval",
+    timer: Optional[StageTimer] = None,
+    on_images: Optional[ImagesHook] = None,
+) -> dict[str, dict[str, GaussianStats]]:
     """sampler name -> metric -> statistics of the generated images (collective; `net` runs in eval mode).
 
     `on_images(sampler_name, seeds, uint8_images)` sees every decoded batch on the rank that made it.
@@ -97,9 +111,15 @@ def generated_stats(net: torch.nn.Module, encoder, detectors: dict[str, Detector
     return _finish(accs)
 
 
-def dataset_stats(batches: Iterable[torch.Tensor], num_images: int, detectors: dict[str, Detector], device,
-                  progress: ProgressMode = "auto", desc: str = "ref",
-                  timer: Optional[StageTimer] = None) -> dict[str, GaussianStats]:
+def dataset_stats(
+    batches: Iterable[torch.Tensor],
+    num_images: int,
+    detectors: dict[str, Detector],
+    device,
+    progress: ProgressMode = "auto",
+    desc: str = "ref",
+    timer: Optional[StageTimer] = None,
+) -> dict[str, GaussianStats]:
     """metric -> statistics of uint8 image batches (this rank's share of the dataset; collective)."""
     accs = _accumulators(["data"], detectors, device)
     with Progress(num_images, desc, mode=progress) as bar:
@@ -122,7 +142,7 @@ def load_for_eval(path: str, device, vae_path: Optional[str] = None, encoder_kin
     normalisation (4 channels). `vae_path` points at a local SD-VAE directory (offline clusters).
     """
     from ect_scale.data.encoders import PixelEncoder, build_encoder
-    from ect_scale.netfile import load_network_file
+    from ect_scale.networks.netfile import load_network_file
 
     net, meta = load_network_file(path, device=device)
     net.eval().requires_grad_(False)
@@ -130,12 +150,17 @@ def load_for_eval(path: str, device, vae_path: Optional[str] = None, encoder_kin
     if encoder_kind is not None:
         description = {"kind": encoder_kind} if encoder_kind != (description or {}).get("kind") else description
     if description is None:
-        description = ({"kind": "pixels", "channels": net.img_channels} if net.img_channels in (1, 3)
-                       else {"kind": "sd-vae"})
-        print0(f"[eval] {path} names no encoder; assuming {description['kind']} "
-               "(EDM2's normalisation). Pass --encoder to choose")
+        description = (
+            {"kind": "pixels", "channels": net.img_channels} if net.img_channels in (1, 3) else {"kind": "sd-vae"}
+        )
+        print0(
+            f"[eval] {path} names no encoder; assuming {description['kind']} "
+            "(EDM2's normalisation). Pass --encoder to choose"
+        )
     encoder = build_encoder(description, vae_path)
     if isinstance(encoder, PixelEncoder) and net.img_channels != encoder.raw_channels:
-        raise ValueError(f"{path}: a {net.img_channels}-channel network cannot use the pixel encoder. "
-                         "Fix: pass --encoder sd-vae (and --vae DIR)")
+        raise ValueError(
+            f"{path}: a {net.img_channels}-channel network cannot use the pixel encoder. "
+            "Fix: pass --encoder sd-vae (and --vae DIR)"
+        )
     return net, meta, encoder

@@ -14,7 +14,7 @@ from typing import Iterator, Literal, Optional
 
 import torch
 
-from ect_scale.eval.distributed import get_world_size, is_main
+from ect_scale.runtime.dist import get_world_size, is_main
 
 ProgressMode = Literal["auto", "rich", "plain", "none"]
 
@@ -48,8 +48,13 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                TimeElapsedColumn(), TimeRemainingColumn())
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("images"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             self._bar.start()
             self._task = self._bar.add_task(desc, total=self.total)
 
@@ -64,9 +69,11 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.done / max(elapsed, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        print(f"[{self.desc}] {self.done:,}/{self.total:,} images ({100 * self.done / max(self.total, 1):.1f}%)  "
-              f"{rate:.1f} img/s  elapsed {format_seconds(elapsed)}  eta {format_seconds(eta) if eta == eta else '?'}",
-              flush=True)
+        print(
+            f"[{self.desc}] {self.done:,}/{self.total:,} images ({100 * self.done / max(self.total, 1):.1f}%)  "
+            f"{rate:.1f} img/s  elapsed {format_seconds(elapsed)}  eta {format_seconds(eta) if eta == eta else '?'}",
+            flush=True,
+        )
         self.last_print = time.perf_counter()
 
     def close(self) -> None:
@@ -109,9 +116,14 @@ class StageTimer:
             self.images[name] += num_images
 
     def summary(self) -> dict:
-        return {name: {"seconds": round(s, 4), "images": self.images[name],
-                       "img_per_s": round(self.images[name] / s, 2) if s > 0 else None}
-                for name, s in self.seconds.items()}
+        return {
+            name: {
+                "seconds": round(s, 4),
+                "images": self.images[name],
+                "img_per_s": round(self.images[name] / s, 2) if s > 0 else None,
+            }
+            for name, s in self.seconds.items()
+        }
 
 
 def stage(timer: Optional[StageTimer], name: str, num_images: int = 0):

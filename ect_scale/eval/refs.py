@@ -23,17 +23,24 @@ from typing import Optional
 import fsspec
 import numpy as np
 
-from ect_scale.errors import UserError
 from ect_scale.eval.stats import GaussianStats
+from ect_scale.runtime.errors import UserError
 
 EDM2_REFS_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/"
 
 # Globals a pickle of numpy arrays needs (numpy 1.x and 2.x module names).
 _NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.dtypes", "Float64DType"), ("numpy.dtypes", "Float32DType"),
-    ("numpy.dtypes", "Int64DType"), ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.dtypes", "Float64DType"),
+    ("numpy.dtypes", "Float32DType"),
+    ("numpy.dtypes", "Int64DType"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),  # Protocol-2 pickles store bytes as _codecs.encode(str, 'latin1').
 }
 
@@ -56,12 +63,14 @@ class ReferenceStats:
         if metric not in self.stats:
             raise ReferenceStatsError(
                 f"{self.path}: has no '{metric}' statistics (it has: {', '.join(sorted(self.stats)) or 'none'}). "
-                f"Fix: compute them with tools/fid_ref.py --metrics {metric}, or do not request {metric}")
+                f"Fix: compute them with tools/fid_ref.py --metrics {metric}, or do not request {metric}"
+            )
         ref = self.stats[metric]
         if feature_dim is not None and ref.feature_dim != feature_dim:
             raise ReferenceStatsError(
                 f"{self.path}: '{metric}' statistics are {ref.feature_dim}-d but the detector gives {feature_dim}-d "
-                "features. Fix: use reference statistics computed with the same detector")
+                "features. Fix: use reference statistics computed with the same detector"
+            )
         return ref
 
 
@@ -74,23 +83,29 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in _NUMPY_GLOBALS:
             raise ReferenceStatsError(
                 f"{self.path}: refusing to unpickle '{module}.{name}'. Reference statistics must be plain dicts of "
-                "numpy arrays (EDM2's img512.pkl/img64.pkl format). Fix: recompute the file with tools/fid_ref.py")
+                "numpy arrays (EDM2's img512.pkl/img64.pkl format). Fix: recompute the file with tools/fid_ref.py"
+            )
         try:
             return getattr(importlib.import_module(module), name)
         except ModuleNotFoundError:  # numpy 2 pickles name numpy._core; numpy 1 has numpy.core.
-            alt = (module.replace("numpy._core", "numpy.core") if "_core" in module
-                   else module.replace("numpy.core", "numpy._core"))
+            alt = (
+                module.replace("numpy._core", "numpy.core")
+                if "_core" in module
+                else module.replace("numpy.core", "numpy._core")
+            )
             return getattr(importlib.import_module(alt), name)
 
 
 def _gaussian(entry, path: str, metric: str, num: int) -> GaussianStats:
     if not isinstance(entry, dict) or "mu" not in entry or "sigma" not in entry:
-        raise ReferenceStatsError(f"{path}: '{metric}' must hold 'mu' and 'sigma'. "
-                                  "Fix: recompute the file with tools/fid_ref.py")
+        raise ReferenceStatsError(
+            f"{path}: '{metric}' must hold 'mu' and 'sigma'. Fix: recompute the file with tools/fid_ref.py"
+        )
     mu, sigma = np.asarray(entry["mu"], np.float64), np.asarray(entry["sigma"], np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ReferenceStatsError(f"{path}: '{metric}' has mu {mu.shape} and sigma {sigma.shape}; "
-                                  "expected [D] and [D,D]")
+        raise ReferenceStatsError(
+            f"{path}: '{metric}' has mu {mu.shape} and sigma {sigma.shape}; expected [D] and [D,D]"
+        )
     return GaussianStats(mu=mu, sigma=sigma, num=int(entry.get("num_images", num)))
 
 
@@ -121,8 +136,9 @@ def _from_npz(blob: bytes, path: str) -> tuple[dict[str, GaussianStats], dict]:
     for key in sorted(data):
         metric, _, part = key.rpartition(".")
         if part in ("mu", "sigma") and metric not in stats:
-            stats[metric] = _gaussian({"mu": data.get(f"{metric}.mu"), "sigma": data.get(f"{metric}.sigma")}, path,
-                                      metric, num)
+            stats[metric] = _gaussian(
+                {"mu": data.get(f"{metric}.mu"), "sigma": data.get(f"{metric}.sigma")}, path, metric, num
+            )
     if not stats:
         raise ReferenceStatsError(f"{path}: no statistics found (keys {sorted(data)[:6]})")
     return stats, meta
@@ -136,7 +152,8 @@ def load_reference(path: str) -> ReferenceStats:
     except FileNotFoundError:
         raise ReferenceStatsError(
             f"reference statistics not found: {path}. Fix: download EDM2's img512.pkl or img64.pkl from "
-            f"{EDM2_REFS_URL}, or compute them from the dataset with tools/fid_ref.py") from None
+            f"{EDM2_REFS_URL}, or compute them from the dataset with tools/fid_ref.py"
+        ) from None
     stats, meta = _from_npz(blob, path) if blob[:4] == b"PK\x03\x04" else _from_pickle(blob, path)
     return ReferenceStats(stats=stats, path=path, sha256=hashlib.sha256(blob).hexdigest(), meta=meta)
 

@@ -6,22 +6,21 @@ batch with the same seeds whatever the number of GPUs, and since noise and label
 (`ect.SeedGenerators`), every sample -- and so the statistics, up to float64 summation order -- is identical for
 any number of GPUs.
 
-Consistency samplers (`ect.md` §2) that share a prefix of times share the work: x̂₀ = f(t_max z, t_max) is
-computed once for the 1-step and every 2-step sampler of a batch, and the k-th re-noising ε is the k-th draw of
-each seed's generator in all of them, exactly as `ect.consistency_sample` draws it.
+Consistency samplers that share a prefix of times share the work (`ect.samplers.consistency_samples`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
 from ect_scale.config.base import ConfigError
 from ect_scale.ect import SeedGenerators, draw_labels, draw_latents, heun_sample
+from ect_scale.ect.samplers import consistency_samples
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,9 @@ class SamplerSpec:
     kind: Literal["consistency", "heun"] = "consistency"
     t_mid: tuple[float, ...] = ()
     t_max: float = 80.0
-    num_steps: int = 32                   # EDM sampler only (Heun: NFE = 2 num_steps - 1; Euler: num_steps).
-    label: str = ""                       # Name override (e.g. to tell t_mid values apart in a search).
-    order: int = 2                        # EDM sampler only: 2 = Heun, 1 = Euler.
+    num_steps: int = 32  # EDM sampler only (Heun: NFE = 2 num_steps - 1; Euler: num_steps).
+    label: str = ""  # Name override (e.g. to tell t_mid values apart in a search).
+    order: int = 2  # EDM sampler only: 2 = Heun, 1 = Euler.
 
     @property
     def name(self) -> str:
@@ -52,10 +51,19 @@ class SamplerSpec:
 
     def describe(self) -> dict:
         if self.kind == "consistency":
-            return {"sampler": "consistency", "steps": len(self.t_mid) + 1, "t_max": self.t_max,
-                    "t_mid": list(self.t_mid), "nfe": self.nfe}
-        return {"sampler": "heun" if self.order == 2 else "euler", "num_steps": self.num_steps,
-                "sigma_max": self.t_max, "nfe": self.nfe}
+            return {
+                "sampler": "consistency",
+                "steps": len(self.t_mid) + 1,
+                "t_max": self.t_max,
+                "t_mid": list(self.t_mid),
+                "nfe": self.nfe,
+            }
+        return {
+            "sampler": "heun" if self.order == 2 else "euler",
+            "num_steps": self.num_steps,
+            "sigma_max": self.t_max,
+            "nfe": self.nfe,
+        }
 
 
 def consistency_spec(steps: int, t_mid: Sequence[float], t_max: float = 80.0, option: str = "ect.t_mid") -> SamplerSpec:
@@ -63,12 +71,16 @@ def consistency_spec(steps: int, t_mid: Sequence[float], t_max: float = 80.0, op
     if steps < 1:
         raise ConfigError(f"steps: must be >= 1 (got {steps}). Fix: use 1 or 2")
     if steps - 1 > len(t_mid):
-        raise ConfigError(f"{option}: a {steps}-step sampler needs {steps - 1} intermediate times, got {list(t_mid)}. "
-                          f"Fix: list {steps - 1} decreasing times in {option} (ECT ImageNet-64 2-step: [1.526])")
-    times = tuple(float(t) for t in t_mid[:steps - 1])
+        raise ConfigError(
+            f"{option}: a {steps}-step sampler needs {steps - 1} intermediate times, got {list(t_mid)}. "
+            f"Fix: list {steps - 1} decreasing times in {option} (ECT ImageNet-64 2-step: [1.526])"
+        )
+    times = tuple(float(t) for t in t_mid[: steps - 1])
     if any(not 0 < t < t_max for t in times) or list(times) != sorted(times, reverse=True):
-        raise ConfigError(f"{option}: times must decrease within (0, t_max={t_max}), got {list(times)}. "
-                          "Fix: list them from largest to smallest")
+        raise ConfigError(
+            f"{option}: times must decrease within (0, t_max={t_max}), got {list(times)}. "
+            "Fix: list them from largest to smallest"
+        )
     return SamplerSpec(kind="consistency", t_mid=times, t_max=float(t_max))
 
 
@@ -77,30 +89,6 @@ def rank_batches(num_items: int, batch_size: int, rank: int, world_size: int) ->
     num_batches = max(math.ceil(num_items / batch_size), 1)
     batches = np.array_split(np.arange(num_items, dtype=np.int64), num_batches)
     return [b for b in batches[rank::world_size] if len(b) > 0]
-
-
-def _consistency_many(net, z: torch.Tensor, labels: Optional[torch.Tensor], rng: SeedGenerators,
-                      specs: Sequence[SamplerSpec]) -> dict[str, torch.Tensor]:
-    """x = f(t_max z, t_max); x = f(x + t ε_k, t) for each t_mid (ECT multistep sampling), prefixes shared."""
-    depth = max(len(s.t_mid) for s in specs)
-    eps = [rng.randn(z.shape[1:], dtype=torch.float64) for _ in range(depth)]  # ε_k: k-th draw of each seed.
-    cache: dict[tuple, torch.Tensor] = {}
-
-    def f(x: torch.Tensor, t: float) -> torch.Tensor:
-        sigma = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
-        return net(x, sigma, labels).to(torch.float64)
-
-    def run(t_max: float, prefix: tuple[float, ...]) -> torch.Tensor:
-        key = (t_max, prefix)
-        if key not in cache:
-            if not prefix:
-                cache[key] = f(z.to(torch.float64) * t_max, t_max)
-            else:
-                t = prefix[-1]
-                cache[key] = f(run(t_max, prefix[:-1]) + t * eps[len(prefix) - 1], t)
-        return cache[key]
-
-    return {s.name: run(s.t_max, s.t_mid).to(torch.float32) for s in specs}
 
 
 @torch.no_grad()
@@ -118,7 +106,7 @@ def sample_many(net, seeds: Sequence[int], specs: Sequence[SamplerSpec], device)
     out: dict[str, torch.Tensor] = {}
     consistency = [s for s in specs if s.kind == "consistency"]
     if consistency:
-        out.update(_consistency_many(net, z, labels, rng, consistency))
+        out.update(consistency_samples(net, z, labels, rng, {s.name: (s.t_max, s.t_mid) for s in consistency}))
     for s in specs:
         if s.kind == "heun":
             out[s.name] = heun_sample(net, z, labels, num_steps=s.num_steps, sigma_max=s.t_max, order=s.order)

@@ -5,7 +5,8 @@ device that produced the features (no per-batch communication). `reduce_stats` s
 rank with ONE all-reduce of a packed buffer; then, on every rank,
     mu    = Σf / n
     Sigma = (Σ f fᵀ - n mu muᵀ) / (n - 1)                      (unbiased covariance; EDM2 calculate_metrics)
-The sums are float64 and TF32 is switched off on this path (`traps.md` 10): an fp32/TF32 fᵀf is badly wrong.
+The sums are float64 and TF32 is switched off on this path (k-diffusion's FID does the same;
+meta-pytorch/torcheval#192): an fp32/TF32 fᵀf is badly wrong.
 
     FD² = ||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr((S1^½ S2 S1^½)^½)
 (Fréchet distance between N(mu1, S1) and N(mu2, S2), Dowson & Landau 1982; FID = FD of Inception-v3 pool
@@ -24,7 +25,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ect_scale.eval.distributed import all_reduce_sum_
+from ect_scale.runtime.dist import all_reduce_sum_
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -36,8 +37,11 @@ def no_tf32() -> Iterator[None]:
     Uses the per-backend `fp32_precision` knobs when torch has them (mixing them with the legacy `allow_tf32`
     flags is an error in recent torch), else the legacy flags.
     """
-    knobs = [getattr(torch.backends.cuda, "matmul", None), getattr(torch.backends.cudnn, "conv", None),
-             getattr(torch.backends.cudnn, "rnn", None)]
+    knobs = [
+        getattr(torch.backends.cuda, "matmul", None),
+        getattr(torch.backends.cudnn, "conv", None),
+        getattr(torch.backends.cudnn, "rnn", None),
+    ]
     if all(k is not None and hasattr(k, "fp32_precision") for k in knobs):
         saved = [k.fp32_precision for k in knobs]
         for k in knobs:
@@ -94,8 +98,10 @@ class FeatureStats:
     def update(self, features: torch.Tensor) -> None:
         """Add a batch of features [N, D] (any float dtype; accumulated in float64)."""
         if self.reduced:
-            raise RuntimeError("FeatureStats.update after reduce_stats: the sums already include every rank; "
-                               "create a new FeatureStats for another evaluation")
+            raise RuntimeError(
+                "FeatureStats.update after reduce_stats: the sums already include every rank; "
+                "create a new FeatureStats for another evaluation"
+            )
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"expected features of shape [N, {self.feature_dim}], got {list(features.shape)}")
         with no_tf32():
@@ -137,7 +143,7 @@ def reduce_stats(stats: Sequence[FeatureStats]) -> None:
     offset = 0
     for s in stats:
         for t in (s.count, s.sum, s.outer):
-            t.copy_(packed[offset:offset + t.numel()].view_as(t))
+            t.copy_(packed[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
         s.reduced = True
 
@@ -162,15 +168,18 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, sigma1_sqrt: Opti
     return float(np.sqrt(np.clip(lam, 0, None)).sum())
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
-                     sigma1_sqrt: Optional[np.ndarray] = None) -> float:
+def frechet_distance(
+    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, sigma1_sqrt: Optional[np.ndarray] = None
+) -> float:
     """FD² between N(mu1, S1) and N(mu2, S2) (module docstring), clamped at 0 against rounding noise.
 
     `sigma1_sqrt` may pass a precomputed S1^½ (e.g. of the reference statistics)."""
     mu1, mu2, sigma1, sigma2 = (_as_float64(x) for x in (mu1, mu2, sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
-                         f"{sigma2.shape} (were they computed with the same detector?)")
+        raise ValueError(
+            f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+            f"{sigma2.shape} (were they computed with the same detector?)"
+        )
     if not all(np.isfinite(x).all() for x in (mu1, mu2, sigma1, sigma2)):
         raise ValueError("statistics contain NaN or Inf (non-finite detector features, e.g. from NaN samples)")
     m = float(np.square(mu1 - mu2).sum())

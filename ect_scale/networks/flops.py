@@ -19,15 +19,60 @@ from ect_scale.networks.precond import Precond
 aten = torch.ops.aten
 
 _FREE = {  # Ops that move or view data: no arithmetic.
-    aten.view, aten._unsafe_view, aten.reshape, aten.expand, aten.permute, aten.transpose, aten.t, aten.cat,
-    aten.unbind, aten.select, aten.slice, aten.clone, aten.copy_, aten._to_copy, aten.detach, aten.unsqueeze,
-    aten.squeeze, aten.ones_like, aten.zeros_like, aten.empty, aten.new_full, aten.new_ones, aten.split,
-    aten.new_empty, aten.alias, aten.lift_fresh, aten.full, aten.ones, aten.zeros, aten.contiguous,
-    aten.one_hot, aten.as_strided, aten._reshape_alias, aten.repeat, aten.fill_, aten.bernoulli_, aten.rand,
-    aten.empty_like, aten.empty_strided, aten.masked_fill, aten.where, aten.scalar_tensor,
+    aten.view,
+    aten._unsafe_view,
+    aten.reshape,
+    aten.expand,
+    aten.permute,
+    aten.transpose,
+    aten.t,
+    aten.cat,
+    aten.unbind,
+    aten.select,
+    aten.slice,
+    aten.clone,
+    aten.copy_,
+    aten._to_copy,
+    aten.detach,
+    aten.unsqueeze,
+    aten.squeeze,
+    aten.ones_like,
+    aten.zeros_like,
+    aten.empty,
+    aten.new_full,
+    aten.new_ones,
+    aten.split,
+    aten.new_empty,
+    aten.alias,
+    aten.lift_fresh,
+    aten.full,
+    aten.ones,
+    aten.zeros,
+    aten.contiguous,
+    aten.one_hot,
+    aten.as_strided,
+    aten._reshape_alias,
+    aten.repeat,
+    aten.fill_,
+    aten.bernoulli_,
+    aten.rand,
+    aten.empty_like,
+    aten.empty_strided,
+    aten.masked_fill,
+    aten.where,
+    aten.scalar_tensor,
 }
-_WEIGHTED = {aten.silu: 4, aten._softmax: 4, aten.clamp: 3, aten.lerp: 3, aten.native_dropout: 0,
-             aten.rand_like: 0, aten.randn_like: 0, aten.randn: 0, aten.normal: 0}
+_WEIGHTED = {
+    aten.silu: 4,
+    aten._softmax: 4,
+    aten.clamp: 3,
+    aten.lerp: 3,
+    aten.native_dropout: 0,
+    aten.rand_like: 0,
+    aten.randn_like: 0,
+    aten.randn: 0,
+    aten.normal: 0,
+}
 
 
 def _numel(shape) -> int:
@@ -49,7 +94,9 @@ class _Counter(TorchDispatchMode):
             self.macs["matmul"] += _numel(out.shape) * args[0].shape[-1]
         elif packet is aten.addmm:
             self.macs["matmul"] += _numel(out.shape) * (args[1].shape[-1] + 1)
-        elif packet is aten._scaled_dot_product_flash_attention or packet is aten._scaled_dot_product_efficient_attention:
+        elif (
+            packet is aten._scaled_dot_product_flash_attention or packet is aten._scaled_dot_product_efficient_attention
+        ):
             q, k = args[0], args[1]
             self.macs["matmul"] += 2 * _numel(q.shape) * k.shape[-2]
         elif packet is aten.linalg_vector_norm:
@@ -83,9 +130,9 @@ def model_stats(config: NetworkConfig) -> dict:
     total_macs = sum(macs.values())
     return {
         "params": sum(p.numel() for p in net.parameters()),
-        "fwd_macs": total_macs,                 # EDM2 Table 6 "Gflops" (x1e9), a MAC-based count.
-        "fwd_flops": 2 * total_macs,            # Hardware FLOPs per sample, one forward pass.
+        "fwd_macs": total_macs,  # EDM2 Table 6 "Gflops" (x1e9), a MAC-based count.
+        "fwd_flops": 2 * total_macs,  # Hardware FLOPs per sample, one forward pass.
         "fwd_matmul_flops": 2 * (macs.get("conv", 0) + macs.get("matmul", 0)),  # Tensor-core part only.
-        "train_step_flops": 8 * total_macs,     # ECT step: grad forward + backward (~2x) + no-grad target forward.
+        "train_step_flops": 8 * total_macs,  # ECT step: grad forward + backward (~2x) + no-grad target forward.
         "macs_by_kind": macs,
     }

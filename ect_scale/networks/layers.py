@@ -99,7 +99,7 @@ class MPConv(torch.nn.Module):
 
     def effective_weight(self, dtype: torch.dtype, gain=1.0) -> torch.Tensor:
         w = normalize(self.weight.to(torch.float32))  # Eq. 47 weight normalisation (fp32).
-        w = w * (gain / math.sqrt(self.fan_in))       # Unit-magnitude output scaling.
+        w = w * (gain / math.sqrt(self.fan_in))  # Unit-magnitude output scaling.
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor, gain=1.0) -> torch.Tensor:

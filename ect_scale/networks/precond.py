@@ -42,8 +42,12 @@ class Precond(torch.nn.Module):
         self.sigma_data = config.sigma_data
         self.compute_dtype = _DTYPES[config.compute_dtype]
         self.memory_format = torch.contiguous_format  # Set to torch.channels_last for NHWC convolutions (speed only).
-        self.unet = UNet(img_resolution=config.img_resolution, img_channels=config.img_channels,
-                         label_dim=config.label_dim, **config.unet_kwargs())
+        self.unet = UNet(
+            img_resolution=config.img_resolution,
+            img_channels=config.img_channels,
+            label_dim=config.label_dim,
+            **config.unet_kwargs(),
+        )
         if config.logvar_channels:
             self.logvar_fourier = MPFourier(config.logvar_channels)
             self.logvar_linear = MPConv(config.logvar_channels, 1, kernel=[])
@@ -63,8 +67,15 @@ class Precond(torch.nn.Module):
             return torch.nn.functional.one_hot(class_labels.long(), self.label_dim).to(torch.float32)
         return class_labels.to(torch.float32).reshape(-1, self.label_dim)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None, *,
-                dropout_masks: Optional[dict[str, torch.Tensor]] = None, return_logvar: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: Optional[torch.Tensor] = None,
+        *,
+        dropout_masks: Optional[dict[str, torch.Tensor]] = None,
+        return_logvar: bool = False,
+    ):
         """x: [N,C,H,W]; sigma: scalar or [N]; class_labels: one-hot [N,label_dim] or int [N].
 
         Returns D(x, sigma) in float32 (and the log-variance u(sigma), shape [N,1,1,1], if requested).
@@ -91,11 +102,17 @@ class Precond(torch.nn.Module):
             out[key] = ((batch_size, blk.out_channels, res, res), blk.dropout)
         return out
 
-    def sample_dropout_masks(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                             device=None, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    def sample_dropout_masks(
+        self,
+        batch_size: int,
+        generator: Optional[torch.Generator] = None,
+        device=None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> dict[str, torch.Tensor]:
         """Explicit inverted-dropout masks (values 0 or 1/(1-p)) for one forward pass.
 
-        Pass the same dict to ECT's online and target passes so both use identical masks (`ect.md` §1.5).
+        Pass the same dict to ECT's online and target passes so both use identical masks (locuslab/ect imgnet
+        training/loss.py restores the RNG state for this).
         """
         device = device if device is not None else next(self.parameters()).device
         dtype = dtype or self.compute_dtype

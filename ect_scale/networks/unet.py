@@ -1,4 +1,5 @@
-"""EDM2 U-Net (Karras et al. 2024, Fig. 21; `edm2.md` §1.2-1.3), re-implemented from the paper's description.
+"""EDM2 U-Net (Karras et al. 2024, Fig. 21; NVlabs/edm2 training/networks_edm2.py), re-implemented from the paper's
+description.
 
 Module names (`enc.64x64_conv`, `enc.32x32_block0`, `dec.8x8_in0`, ...) and parameter names match the
 official network one-to-one. Two additions, both behaviour-preserving:
@@ -22,10 +23,21 @@ from ect_scale.networks.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum
 class Block(torch.nn.Module):
     """Encoder/decoder residual block with optional cosine self-attention (Fig. 21)."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
-                 resample_mode: str = "keep", attention: bool = False, channels_per_head: int = 64,
-                 dropout: float = 0.0, res_balance: float = 0.3, attn_balance: float = 0.3,
-                 clip_act: Optional[float] = 256, attention_impl: str = "einsum"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        flavor: str = "enc",
+        resample_mode: str = "keep",
+        attention: bool = False,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        res_balance: float = 0.3,
+        attn_balance: float = 0.3,
+        clip_act: Optional[float] = 256,
+        attention_impl: str = "einsum",
+    ):
         super().__init__()
         self.out_channels = out_channels
         self.flavor = flavor
@@ -52,14 +64,14 @@ class Block(torch.nn.Module):
         # token-major view [N, L, h, c, 3] (free for channels-last activations) and normalise each head's q, k, v
         # over its channels (pixel norm = cosine attention).
         qkv = qkv.permute(0, 2, 3, 1).reshape(n, hgt * wid, heads, ch, 3)
-        q, k, v = normalize(qkv, dim=3).unbind(4)                                  # each [N, L, h, c]
+        q, k, v = normalize(qkv, dim=3).unbind(4)  # each [N, L, h, c]
         if self.attention_impl == "sdpa":
-            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))         # [N, h, L, c]
-            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)            # [N, L, h, c]
+            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # [N, h, L, c]
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [N, L, h, c]
         else:
             w = torch.einsum("nqhc,nkhc->nhqk", q, k / math.sqrt(ch)).softmax(dim=3)
-            y = torch.einsum("nhqk,nkhc->nqhc", w, v)                              # [N, L, h, c]
-        y = y.reshape(n, hgt, wid, c).permute(0, 3, 1, 2)                          # NCHW view of NHWC memory
+            y = torch.einsum("nhqk,nkhc->nqhc", w, v)  # [N, L, h, c]
+        y = y.reshape(n, hgt, wid, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         if not x_NCHW.is_contiguous(memory_format=torch.channels_last) or x_NCHW.is_contiguous():
             y = y.contiguous()
         return self.attn_proj(y)
@@ -97,11 +109,24 @@ class Block(torch.nn.Module):
 class UNet(torch.nn.Module):
     """EDM2 U-Net: MP-Fourier noise embedding, class embedding, encoder/decoder of `Block`s, gained output conv."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, model_channels: int = 192,
-                 channel_mult=(1, 2, 3, 4), channel_mult_noise: Optional[int] = None,
-                 channel_mult_emb: Optional[int] = None, num_blocks: int = 3, attn_resolutions=(16, 8),
-                 label_balance: float = 0.5, concat_balance: float = 0.5, dropout: float = 0.0,
-                 dropout_res: Optional[int] = None, attention: str = "einsum", **block_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        model_channels: int = 192,
+        channel_mult=(1, 2, 3, 4),
+        channel_mult_noise: Optional[int] = None,
+        channel_mult_emb: Optional[int] = None,
+        num_blocks: int = 3,
+        attn_resolutions=(16, 8),
+        label_balance: float = 0.5,
+        concat_balance: float = 0.5,
+        dropout: float = 0.0,
+        dropout_res: Optional[int] = None,
+        attention: str = "einsum",
+        **block_kwargs,
+    ):
         super().__init__()
         cblock = [model_channels * m for m in channel_mult]
         cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
@@ -131,8 +156,9 @@ class UNet(torch.nn.Module):
                 self.enc[f"{res}x{res}_down"] = block(cout, cout, res, flavor="enc", resample_mode="down")
             for idx in range(num_blocks):
                 cin, cout = cout, channels
-                self.enc[f"{res}x{res}_block{idx}"] = block(cin, cout, res, flavor="enc",
-                                                            attention=res in attn_resolutions)
+                self.enc[f"{res}x{res}_block{idx}"] = block(
+                    cin, cout, res, flavor="enc", attention=res in attn_resolutions
+                )
 
         self.dec = torch.nn.ModuleDict()
         skips = [m.out_channels for m in self.enc.values()]
@@ -145,8 +171,9 @@ class UNet(torch.nn.Module):
                 self.dec[f"{res}x{res}_up"] = block(cout, cout, res, flavor="dec", resample_mode="up")
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), channels
-                self.dec[f"{res}x{res}_block{idx}"] = block(cin, cout, res, flavor="dec",
-                                                            attention=res in attn_resolutions)
+                self.dec[f"{res}x{res}_block{idx}"] = block(
+                    cin, cout, res, flavor="dec", attention=res in attn_resolutions
+                )
         self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
 
     # ------------------------------------------------------------------
@@ -159,8 +186,13 @@ class UNet(torch.nn.Module):
                     out[f"{part}.{name}"] = (m, int(name.split("x")[0]))
         return out
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: Optional[torch.Tensor],
-                dropout_masks: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        class_labels: Optional[torch.Tensor],
+        dropout_masks: Optional[dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         # Embedding (fp32: noise_labels are fp32).
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:

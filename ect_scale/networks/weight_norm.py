@@ -2,7 +2,7 @@
 
 EDM2 renormalises every MPConv weight in place during each train-mode forward. Here it is a separate step
 that the trainer calls once before training starts (a published EMA is an average of normalised weights,
-so its rows are not unit-norm; `traps.md` 1) and after every optimizer step. The engine applies the
+so its rows are not unit-norm; EDM2 Sec. 2.3) and after every optimizer step. The engine applies the
 same row-wise rule to ZeRO's sharded fp32 master weights (`row_scale`), so nothing is gathered.
 
 Rule per output row i of a weight with fan-in F:  w_i <- w_i / (eps + ||w_i||_2 / sqrt(F)),  eps = 1e-4.

@@ -42,8 +42,14 @@ class ToyDenoiser(torch.nn.Module):
         super().__init__()
         self.emb = emb
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(2 + emb, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 2))
+            torch.nn.Linear(2 + emb, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, 2),
+        )
 
     def _embed(self, c_noise: torch.Tensor) -> torch.Tensor:
         freqs = torch.exp(-math.log(1000.0) * torch.arange(self.emb // 2, device=c_noise.device) / (self.emb // 2))
@@ -73,10 +79,10 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, num_projections: int = 
 class ToyResult:
     swd_teacher_heun32: float
     swd_teacher_heun2: float
-    swd_teacher_euler2: float    # Teacher with 2 Euler steps (2 NFE), a gentler few-step baseline than Heun.
+    swd_teacher_euler2: float  # Teacher with 2 Euler steps (2 NFE), a gentler few-step baseline than Heun.
     swd_ect_1step: float
     swd_ect_2step: float
-    swd_data_vs_data: float      # Noise floor: two independent draws of the true distribution.
+    swd_data_vs_data: float  # Noise floor: two independent draws of the true distribution.
     seconds: float
 
 
@@ -97,8 +103,9 @@ def _train(net, loss_fn, steps: int, batch: int, lr: float, seed: int, nimg0: in
     return net
 
 
-def run_toy(teacher_steps: int = 3000, ect_steps: int = 2000, batch: int = 1024, num_eval: int = 8192,
-            seed: int = 0) -> ToyResult:
+def run_toy(
+    teacher_steps: int = 3000, ect_steps: int = 2000, batch: int = 1024, num_eval: int = 8192, seed: int = 0
+) -> ToyResult:
     """Pretrain, tune and evaluate. Defaults take ~1 minute on two CPU cores."""
     t0 = time.time()
     torch.manual_seed(seed)
@@ -107,8 +114,17 @@ def run_toy(teacher_steps: int = 3000, ect_steps: int = 2000, batch: int = 1024,
 
     # ECT: 4 stages of q=4 ending at Delta t / t = n(t)/256, pseudo-Huber metric, CIFAR's 1/(t-r) weighting.
     stage_nimg = ect_steps * batch // 4
-    ect_cfg = ECTConfig(objective="ect", P_mean=-1.1, P_std=2.0, q=4, stage_nimg=stage_nimg, c=1e-3,
-                        weighting="inv_dt", sigma_data=SIGMA_DATA, ratio_limit=0.9961)
+    ect_cfg = ECTConfig(
+        objective="ect",
+        P_mean=-1.1,
+        P_std=2.0,
+        q=4,
+        stage_nimg=stage_nimg,
+        c=1e-3,
+        weighting="inv_dt",
+        sigma_data=SIGMA_DATA,
+        ratio_limit=0.9961,
+    )
     student = _train(copy.deepcopy(teacher), ECTLoss(ect_cfg), ect_steps, batch, 5e-4, seed + 1)
 
     eval_gen = torch.Generator().manual_seed(10_000 + seed)
@@ -124,7 +140,8 @@ def run_toy(teacher_steps: int = 3000, ect_steps: int = 2000, batch: int = 1024,
         swd_teacher_euler2=sliced_wasserstein(heun_sample(teacher, z, None, num_steps=2, order=1), truth),
         swd_ect_1step=sliced_wasserstein(consistency_sample(student, z, None, SeedGenerators(seeds, "cpu")), truth),
         swd_ect_2step=sliced_wasserstein(
-            consistency_sample(student, z, None, SeedGenerators(seeds, "cpu"), t_mid=[0.821]), truth),
+            consistency_sample(student, z, None, SeedGenerators(seeds, "cpu"), t_mid=[0.821]), truth
+        ),
         swd_data_vs_data=sliced_wasserstein(truth2, truth),
         seconds=0.0,
     )

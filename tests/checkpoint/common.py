@@ -10,22 +10,35 @@ import torch
 from tests.engine.common import ListStream, tiny_cfg
 
 # 4 steps of 8 images; every step logged; checkpoints every 2 steps; two small EMAs plus the traditional one.
-BASE = {"train.total_nimg": 32, "train.status_nimg": 8, "logging.progress": "plain", "logging.tensorboard": "false",
-        "checkpoint.interval_nimg": 16, "ema.stds": "[0.05,0.1]", "ema.export_nimg": 0, "ema.export_dtype": "float32",
-        "checkpoint.convert_workers": 1}
+BASE = {
+    "train.total_nimg": 32,
+    "train.status_nimg": 8,
+    "logging.progress": "plain",
+    "logging.tensorboard": "false",
+    "checkpoint.interval_nimg": 16,
+    "ema.stds": "[0.05,0.1]",
+    "ema.export_nimg": 0,
+    "ema.export_dtype": "float32",
+    "checkpoint.convert_workers": 1,
+}
 
 
 def make_cfg(run_dir: str, stage: int = 1, precision: str = "fp32", batch_gpu: int = 2, **extra):
     staging = {"checkpoint.staging_dir": os.path.join(run_dir, "staging")}  # Not the shared $TMPDIR default.
-    return tiny_cfg(stage, precision, batch_size=8, batch_gpu=batch_gpu, run_dir=run_dir,
-                    **{**BASE, **staging, **extra})
+    return tiny_cfg(
+        stage, precision, batch_size=8, batch_gpu=batch_gpu, run_dir=run_dir, **{**BASE, **staging, **extra}
+    )
 
 
 def snapshot(trainer) -> dict:
     """Everything a resume must restore, as world-size-independent full tensors (collective)."""
-    return {"nimg": trainer.state.nimg, "weights": trainer.engine.full_state(),
-            "emas": {p: trainer.ema_nets_state(p) for p in trainer.ema.profiles},
-            "adam": adam_state(trainer), "stream": trainer.stream.state_dict()["index"]}
+    return {
+        "nimg": trainer.state.nimg,
+        "weights": trainer.engine.full_state(),
+        "emas": {p: trainer.outputs.ema_state(p) for p in trainer.ema.profiles},
+        "adam": adam_state(trainer),
+        "stream": trainer.stream.state_dict()["index"],
+    }
 
 
 def adam_state(trainer) -> dict:
@@ -41,10 +54,18 @@ def adam_state(trainer) -> dict:
     return out
 
 
-def train(rank: int, world_size: int, run_dir: str, stage: int = 1, precision: str = "fp32", extra: dict | None = None,
-          batch_gpu: int | None = None, before_run=None) -> dict:
+def train(
+    rank: int,
+    world_size: int,
+    run_dir: str,
+    stage: int = 1,
+    precision: str = "fp32",
+    extra: dict | None = None,
+    batch_gpu: int | None = None,
+    before_run=None,
+) -> dict:
     """Build a Trainer (resuming if a checkpoint exists), run it; rank 0 returns snapshots at start and end."""
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
 
     bg = batch_gpu or 2
     cfg = make_cfg(run_dir, stage, precision, bg, **(extra or {}))

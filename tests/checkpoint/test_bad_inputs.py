@@ -1,11 +1,11 @@
 """Bad inputs on 2 CPU ranks (fp32 ZeRO-2), all in one pair of processes:
-  * a write that fails half-way on one rank (a real EFBIG from RLIMIT_FSIZE, like a full disk): the save is
-    abandoned on every rank, its folder removed, the previous checkpoint stays the latest and training goes on;
-  * a corrupted file (CRC32), a truncated file and an interrupted save (no COMPLETE marker): resume skips them
-    with a message naming the file and falls back to the newest good checkpoint, and the resumed run is still
-    bit-identical to an uninterrupted one;
-  * a changed immutable config field: a clear error naming each field; checkpoint.resume=false over old
-    checkpoints: refused."""
+* a write that fails half-way on one rank (a real EFBIG from RLIMIT_FSIZE, like a full disk): the save is
+  abandoned on every rank, its folder removed, the previous checkpoint stays the latest and training goes on;
+* a corrupted file (CRC32), a truncated file and an interrupted save (no COMPLETE marker): resume skips them
+  with a message naming the file and falls back to the newest good checkpoint, and the resumed run is still
+  bit-identical to an uninterrupted one;
+* a changed immutable config field: a clear error naming each field; checkpoint.resume=false over old
+  checkpoints: refused."""
 
 import contextlib
 import io
@@ -26,7 +26,7 @@ CKPT = {"checkpoint.interval_nimg": 8, "checkpoint.keep_last": 10}
 
 
 def _trainer(rank: int, run_dir: str, **extra):
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
 
     return Trainer(make_cfg(run_dir, STAGE, "fp32", **{**CKPT, **extra}), stream=ListStream(rank, 2))
 
@@ -71,7 +71,7 @@ def _error_of(fn) -> str:
 
 
 def _worker(rank, world_size, root):
-    from ect_scale import dist
+    from ect_scale.runtime import dist
 
     ref = _trainer(rank, f"{root}/ref", **{"checkpoint.enabled": "false", "train.total_nimg": 40})
     ref.run()
@@ -80,8 +80,12 @@ def _worker(rank, world_size, root):
     first = _trainer(rank, run_dir)
     _fail_save_at(first, 24, rank=1)
     first.run()
-    out["first"] = {"reports": [r.__dict__ for r in first.checkpointer.reports], "nimg": first.state.nimg,
-                    "dirs": sorted(os.listdir(ckpts)), "latest": open(f"{ckpts}/latest").read().strip()}
+    out["first"] = {
+        "reports": [r.__dict__ for r in first.checkpointer.reports],
+        "nimg": first.state.nimg,
+        "dirs": sorted(os.listdir(ckpts)),
+        "latest": open(f"{ckpts}/latest").read().strip(),
+    }
     if rank == 0:
         _damage(ckpts)
     dist.barrier()
@@ -93,8 +97,9 @@ def _worker(rank, world_size, root):
     out["second"] = snapshot(second)
     out["second_log"] = log.getvalue()
     out["second_reports"] = [r.__dict__ for r in second.checkpointer.reports]
-    out["config_error"] = _error_of(lambda: _trainer(rank, run_dir, **{"ect.q": 4, "train.seed": 1,
-                                                                        "train.total_nimg": 48}))
+    out["config_error"] = _error_of(
+        lambda: _trainer(rank, run_dir, **{"ect.q": 4, "train.seed": 1, "train.total_nimg": 48})
+    )
     out["fresh_error"] = _error_of(lambda: _trainer(rank, run_dir, **{"checkpoint.resume": "false"}))
     return out
 

@@ -1,15 +1,15 @@
 """EMAs kept on the optimizer's fp32 partitions under ZeRO 1/2/3 (2 CPU ranks, each with different data):
-  * bit-identical to EMAs of the gathered full weights updated alongside (the sharded update is exact);
-  * equal, up to ZeRO's reduction-order noise, to a single-process reference that trains the same global batch and
-    averages its weights with EDM2's power-function beta and a traditional beta."""
+* bit-identical to EMAs of the gathered full weights updated alongside (the sharded update is exact);
+* equal, up to ZeRO's reduction-order noise, to a single-process reference that trains the same global batch and
+  averages its weights with EDM2's power-function beta and a traditional beta."""
 
 import pytest
 import torch
 
-from ect_scale.ema import power_beta
+from ect_scale.engine.ema import power_beta
+from ect_scale.networks import forced_weight_norm_
 from tests.distributed import run_ranks
 from tests.engine.common import initial_net, micro_loss, tiny_cfg
-from ect_scale.networks import forced_weight_norm_
 
 pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
@@ -23,15 +23,16 @@ def _profiles() -> list[tuple[str, callable]]:
 
 
 def _worker(rank, world_size):
-    from ect_scale import dist
-    from ect_scale.ema import EMATracker
-    from ect_scale.engine import Engine
+    from ect_scale.engine.ema import EMATracker
+    from ect_scale.engine.group import init_process_group
+    from ect_scale.engine.zero import Engine
+    from ect_scale.runtime import dist
 
-    dist.init()
+    init_process_group()
     results = {}
     for stage in (1, 2, 3):
         cfg = tiny_cfg(stage, "fp32", **EMA_ARGS)
-        engine = Engine(cfg, initial_net(cfg))
+        engine = Engine(initial_net(cfg), cfg.engine, cfg.optim, cfg.train)
         engine.module.train()
         ema = EMATracker(cfg.ema, engine.master)
         full = {p: _params(engine.full_state(), engine) for p in ema.profiles}

@@ -24,9 +24,11 @@ def test_retention_keeps_last_k_plus_first_after_every_multiple():
 def test_config_diff_names_changed_added_and_removed_fields():
     saved = {"ect.q": 2.0, "network.channel_mult": [1, 2], "train.seed": 0, "ema.beta": 0.9999}
     now = {"ect.q": 4.0, "network.channel_mult": (1, 2), "train.seed": 0, "ect.new_field": 1}
-    assert config_diff(saved, now) == ["ect.new_field: (absent) (checkpoint) -> 1 (now)",
-                                       "ect.q: 2.0 (checkpoint) -> 4.0 (now)",
-                                       "ema.beta: 0.9999 (checkpoint) -> (absent) (now)"]
+    assert config_diff(saved, now) == [
+        "ect.new_field: (absent) (checkpoint) -> 1 (now)",
+        "ect.q: 2.0 (checkpoint) -> 4.0 (now)",
+        "ema.beta: 0.9999 (checkpoint) -> (absent) (now)",
+    ]
 
 
 def test_marker_round_trip_and_format_check():

@@ -1,6 +1,6 @@
 """Post-hoc EMA (EDM2 Sec. 3.2): reconstructing a sigma_rel that was also tracked directly reproduces it.
 
-* math: on a random-walk trajectory, power EMAs updated with `ect_scale.ema.power_beta`, snapshots of sigma_rel
+* math: on a random-walk trajectory, power EMAs updated with `ect_scale.engine.ema.power_beta`, snapshots of sigma_rel
   0.05 and 0.10 reconstruct sigma_rel 0.07 to ~1e-7 of the spread between the stored EMAs when every step is a
   snapshot (the discrete update is then exactly representable), and to ~1e-3 with a snapshot every 4 steps;
 * end to end: a real (1-rank, ZeRO-1) training run tracks 0.05, 0.07 and 0.10; the trainer's exports of 0.05 and
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ect_scale.ema import power_beta
-from ect_scale.phema import profile_error, solve_posthoc_coefficients
+from ect_scale.engine.ema import power_beta
+from ect_scale.engine.phema import profile_error, solve_posthoc_coefficients
 from tests.checkpoint.common import load_tool, make_cfg
 from tests.distributed import run_ranks
 from tests.engine.common import ListStream
@@ -60,25 +60,35 @@ STEPS = 48
 
 
 def _train_and_export(rank, world_size, run_dir):
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
 
-    cfg = make_cfg(run_dir, 1, "fp32", batch_gpu=4, **{"ema.stds": "[0.05,0.07,0.1]", "checkpoint.enabled": "false",
-                                                       "train.total_nimg": 8 * STEPS, "ema.beta": "null"})
+    cfg = make_cfg(
+        run_dir,
+        1,
+        "fp32",
+        batch_gpu=4,
+        **{
+            "ema.stds": "[0.05,0.07,0.1]",
+            "checkpoint.enabled": "false",
+            "train.total_nimg": 8 * STEPS,
+            "ema.beta": "null",
+        },
+    )
     trainer = Trainer(cfg, stream=ListStream(rank, 4))
     exports = os.path.join(run_dir, "snapshots")
     os.makedirs(exports, exist_ok=True)
     for step in range(STEPS):
         trainer.train_step()
-        for path in trainer.export_emas():
+        for path in trainer.outputs.export(trainer.state.nimg):
             name = os.path.basename(path)
             if "0.070" not in name:  # EDM2 practice: store two profiles, reconstruct the rest.
                 os.replace(path, os.path.join(exports, name.replace("ema-0000000", f"ema-{step:07d}")))
-    return {p: trainer.ema_nets_state(p) for p in trainer.ema.profiles}
+    return {p: trainer.outputs.ema_state(p) for p in trainer.ema.profiles}
 
 
 @pytest.mark.slow
 def test_phema_tool_reproduces_a_directly_tracked_ema(tmp_path, capsys):
-    from ect_scale.netfile import load_network_file
+    from ect_scale.networks.netfile import load_network_file
 
     run_dir = str(tmp_path / "run")
     direct = run_ranks(_train_and_export, 1, args=(run_dir,), timeout=300)[0]
@@ -95,5 +105,5 @@ def test_phema_tool_reproduces_a_directly_tracked_ema(tmp_path, capsys):
     spread = np.sqrt(sum(float((direct["power-0.050"][n] - direct["power-0.100"][n]).square().sum()) for n in names))
     print(f"phema 0.070 from {2 * STEPS} snapshots: |rec - direct| / |ema0.05 - ema0.10| = {diff / spread:.2e}")
     assert diff / spread < 1e-3
-    for n, b in net.named_buffers():
+    for n, _b in net.named_buffers():
         assert torch.equal(rec[n], direct["power-0.070"][n])

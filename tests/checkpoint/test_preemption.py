@@ -1,13 +1,13 @@
 """Preemption through the real launcher (one CPU process): SIGTERM mid-run -> a checkpoint at the next step
 boundary and a clean exit; re-running the command resumes there and ends bit-identical to an uninterrupted run."""
 
-import pytest
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.checkpoint.common import assert_states_equal, losses
@@ -30,13 +30,30 @@ CONFIG = {
 
 
 def _launch(config: str, run_dir: str, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
-               MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        DS_ACCELERATOR="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        MASTER_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         env.pop(k, None)
     log = open(os.path.join(os.path.dirname(run_dir), os.path.basename(run_dir) + ".log"), "ab")
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "launchers", "train.py"), "--config", config,
-                             f"--run_dir={run_dir}", *overrides], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO, "launchers", "train.py"),
+            "--config",
+            config,
+            f"--run_dir={run_dir}",
+            *overrides,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _log(run_dir: str) -> str:

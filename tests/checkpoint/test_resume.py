@@ -14,8 +14,12 @@ from tests.distributed import run_ranks
 pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
 STAGE, PRECISION = 1, "bf16"
-SLICED = {"train.slice_nimg": 16, "checkpoint.interval_nimg": 8, "checkpoint.keep_last": 1,
-          "checkpoint.keep_every_nimg": 16}
+SLICED = {
+    "train.slice_nimg": 16,
+    "checkpoint.interval_nimg": 8,
+    "checkpoint.keep_last": 1,
+    "checkpoint.keep_every_nimg": 16,
+}
 
 
 def _uninterrupted_then_first_slice(rank, world_size, root):
@@ -66,12 +70,13 @@ def test_retention_and_latest(runs):
     for rel, rec in marker["files"].items():
         assert os.path.getsize(os.path.join(folder, rel)) == rec["size"], rel
     ds_state = torch.load(os.path.join(folder, "ds", "mp_rank_00_model_states.pt"), weights_only=False)
-    assert "universal_checkpoint_info" in ds_state  # traps.md 8: every checkpoint stays convertible.
+    assert "universal_checkpoint_info" in ds_state  # ds_to_universal needs it: every checkpoint stays convertible.
     assert [r["ok"] for r in runs["b2"]["reports"]] == [True, True]
 
 
 def test_export_tool_writes_loadable_consolidated_networks(runs, tmp_path):
-    from ect_scale.netfile import load_network_file
+    from ect_scale.networks.netfile import load_network_file
+
     export_main = load_tool("export").main
 
     out = str(tmp_path) + "/"
@@ -83,8 +88,12 @@ def test_export_tool_writes_loadable_consolidated_networks(runs, tmp_path):
         assert_states_equal(ref, {k: v for k, v in net.state_dict().items()})
     # An older checkpoint by tag, one EMA to an explicit file name.
     path = str(tmp_path / "ema16.safetensors")
-    assert export_main([os.path.join(runs["root"], "b"), "--tag", "ckpt-000000000016", "--what", "power-0.050",
-                        "--out", path]) == 0
+    assert (
+        export_main(
+            [os.path.join(runs["root"], "b"), "--tag", "ckpt-000000000016", "--what", "power-0.050", "--out", path]
+        )
+        == 0
+    )
     net, meta = load_network_file(path)
     assert meta["nimg"] == 16
     assert_states_equal(runs["b1"]["end"]["emas"]["power-0.050"], net.state_dict())

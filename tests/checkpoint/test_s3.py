@@ -13,10 +13,20 @@ pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fas
 
 
 def _trainer(rank, run_dir, dest, staging, **extra):
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
 
-    cfg = make_cfg(run_dir, 1, "fp32", **{"checkpoint.dir": dest, "checkpoint.staging_dir": staging,
-                                          "checkpoint.interval_nimg": 8, "checkpoint.keep_last": 10, **extra})
+    cfg = make_cfg(
+        run_dir,
+        1,
+        "fp32",
+        **{
+            "checkpoint.dir": dest,
+            "checkpoint.staging_dir": staging,
+            "checkpoint.interval_nimg": 8,
+            "checkpoint.keep_last": 10,
+            **extra,
+        },
+    )
     return Trainer(cfg, stream=ListStream(rank, 2))
 
 
@@ -32,8 +42,11 @@ def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
         if t.state.nimg != nimg or t.rank != rank:
             return real_save(t)
         good = dest.fs
-        dest.fs = s3fs.S3FileSystem(skip_instance_cache=True, endpoint_url=f"http://127.0.0.1:{free_port()}",
-                                    config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1})
+        dest.fs = s3fs.S3FileSystem(
+            skip_instance_cache=True,
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
+        )
         try:
             return real_save(t)
         finally:
@@ -45,7 +58,7 @@ def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
 def _worker(rank, world_size, root, bucket):
     import fsspec
 
-    from ect_scale import dist
+    from ect_scale.runtime import dist
 
     dest, staging = f"{bucket}/run/checkpoints", f"{root}/staging"
     first = _trainer(rank, f"{root}/run", dest, staging, **{"train.slice_nimg": 24})
@@ -70,9 +83,17 @@ def _worker(rank, world_size, root, bucket):
         from ect_scale.checkpoint.export import consolidated_network, find_checkpoint
 
         exported = {w: consolidated_network(find_checkpoint(dest), w)[0] for w in ("online", "power-0.050")}
-    return {"saved": saved, "resumed": resumed, "end": end, "exported": exported, "reports": [r.__dict__ for r in first.checkpointer.reports],
-            "listing": listing, "latest": latest, "final": final,
-            "final_reports": [r.__dict__ for r in second.checkpointer.reports]}
+    return {
+        "saved": saved,
+        "resumed": resumed,
+        "end": end,
+        "exported": exported,
+        "reports": [r.__dict__ for r in first.checkpointer.reports],
+        "listing": listing,
+        "latest": latest,
+        "final": final,
+        "final_reports": [r.__dict__ for r in second.checkpointer.reports],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +131,14 @@ def test_resume_from_object_storage_is_exact(result):
         assert_states_equal(saved["adam"][key], r["resumed"]["adam"][key])
     assert saved["stream"] == r["resumed"]["stream"]
     assert [rep["ok"] for rep in r["final_reports"]] == [True, True, True]
-    assert r["final"] == ["ckpt-000000000008", "ckpt-000000000016", "ckpt-000000000024", "ckpt-000000000032",
-                          "ckpt-000000000040", "latest"]
+    assert r["final"] == [
+        "ckpt-000000000008",
+        "ckpt-000000000016",
+        "ckpt-000000000024",
+        "ckpt-000000000032",
+        "ckpt-000000000040",
+        "latest",
+    ]
     assert r["final_reports"][0]["upload_sec"] > 0
     assert_states_equal(r["end"]["weights"], r["exported"]["online"])
     assert_states_equal(r["end"]["emas"]["power-0.050"], r["exported"]["power-0.050"])

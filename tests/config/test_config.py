@@ -19,8 +19,19 @@ def test_nimg_suffixes():
 
 
 def test_overrides_are_typed_and_dotted():
-    cfg = load_config(None, URL + ["--ect.q=2", "--train.total_nimg=6.4M", "--network.preset=edm2-img64-s",
-                                   "--ect.t_mid=[2.0, 0.5]", "--engine.compile", "true", "--ema.beta=null"])
+    cfg = load_config(
+        None,
+        URL
+        + [
+            "--ect.q=2",
+            "--train.total_nimg=6.4M",
+            "--network.preset=edm2-img64-s",
+            "--ect.t_mid=[2.0, 0.5]",
+            "--engine.compile",
+            "true",
+            "--ema.beta=null",
+        ],
+    )
     assert cfg.ect.q == 2.0 and isinstance(cfg.ect.q, float)
     assert cfg.train.total_nimg == 6_400_000
     assert cfg.network.model_channels == 192 and cfg.network.img_channels == 3
@@ -32,17 +43,20 @@ def test_preset_then_explicit_fields_win():
     assert cfg.network.model_channels == 384 and cfg.network.dropout == 0.5
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--ect.q=1"], "ect.q: must be > 1"),
-    (["--ect.qq=2"], "Did you mean 'q'"),
-    (["--network.preset=edm2-img512-huge"], "unknown preset"),
-    (["--train.batch_size=100", "--train.batch_gpu=32"], "train.batch_size: must be a multiple"),
-    (["--ect.weighting=snr"], "must be one of"),
-    (["--optim.lr=fast"], "optim.lr: expected a number"),
-    (["--ema.stds=[0.5]"], "sigma_rel must be in"),
-    (["--ect.sigma_data=0.6"], "must equal network.sigma_data"),
-    (["--ect.t_mid=[100]"], "t_mid"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--ect.q=1"], "ect.q: must be > 1"),
+        (["--ect.qq=2"], "Did you mean 'q'"),
+        (["--network.preset=edm2-img512-huge"], "unknown preset"),
+        (["--train.batch_size=100", "--train.batch_gpu=32"], "train.batch_size: must be a multiple"),
+        (["--ect.weighting=snr"], "must be one of"),
+        (["--optim.lr=fast"], "optim.lr: expected a number"),
+        (["--ema.stds=[0.5]"], "sigma_rel must be in"),
+        (["--ect.sigma_data=0.6"], "must equal network.sigma_data"),
+        (["--ect.t_mid=[100]"], "t_mid"),
+    ],
+)
 def test_errors_name_option_constraint_and_fix(args, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(None, URL + args)
@@ -76,8 +90,11 @@ def test_base_inheritance_and_cycle(tmp_path):
 
 def test_immutable_fields_exclude_speed_options():
     a = load_config(None, URL + ["--network.preset=tiny-latent"])
-    b = load_config(None, URL + ["--network.preset=tiny-latent", "--engine.precision=bf16",
-                                 "--engine.zero_stage=2", "--train.batch_gpu=16"])
+    b = load_config(
+        None,
+        URL
+        + ["--network.preset=tiny-latent", "--engine.precision=bf16", "--engine.zero_stage=2", "--train.batch_gpu=16"],
+    )
     assert immutable_fields(a) == immutable_fields(b)
     c = load_config(None, URL + ["--network.preset=tiny-latent", "--ect.q=8"])
     assert immutable_fields(a)["ect.q"] != immutable_fields(c)["ect.q"]

@@ -56,11 +56,17 @@ def test_missing_source_is_found(tmp_path):
 
 def test_preset_expansion_is_the_default(tmp_path):
     """Fields a preset sets need no source; a value that differs from the preset's does."""
-    path = _write(tmp_path, "r.yaml", "data: {url: x}\nnetwork: {preset: edm2-img512-m}\n"
-                                      "sources: {data.url: u, network.preset: p}\n")
+    path = _write(
+        tmp_path,
+        "r.yaml",
+        "data: {url: x}\nnetwork: {preset: edm2-img512-m}\nsources: {data.url: u, network.preset: p}\n",
+    )
     assert unsourced_options(load_config(path)) == []
-    path = _write(tmp_path, "r2.yaml", "data: {url: x}\nnetwork: {preset: edm2-img512-m, dropout: 0.3}\n"
-                                       "sources: {data.url: u, network.preset: p}\n")
+    path = _write(
+        tmp_path,
+        "r2.yaml",
+        "data: {url: x}\nnetwork: {preset: edm2-img512-m, dropout: 0.3}\nsources: {data.url: u, network.preset: p}\n",
+    )
     assert unsourced_options(load_config(path)) == ["network.dropout"]
 
 
@@ -75,11 +81,14 @@ def test_sources_inherit_through_base_and_stale_ones_are_caught(tmp_path):
     assert file_unsourced_options(stale) == ["ect.q"]
 
 
-@pytest.mark.parametrize("sources, fragment", [
-    ("{ect.qq: x}", "did you mean 'ect.q'"),
-    ("{optim: x}", "names no option"),
-    ("{ect.q: ''}", "must be non-empty text"),
-])
+@pytest.mark.parametrize(
+    "sources, fragment",
+    [
+        ("{ect.qq: x}", "did you mean 'ect.q'"),
+        ("{optim: x}", "names no option"),
+        ("{ect.q: ''}", "must be non-empty text"),
+    ],
+)
 def test_bad_source_keys_are_errors(tmp_path, sources, fragment):
     path = _write(tmp_path, "r.yaml", f"data: {{url: x}}\nsources: {sources}\n")
     with pytest.raises(ConfigError) as e:

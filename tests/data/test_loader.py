@@ -83,7 +83,7 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(fresh_id_shards, s
     path = id_shards.removeprefix("s3://")
     blob = fs.cat_file(f"{path}/shard-000003.tar")
     fs.pipe_file(f"{path}/shard-000003.tar", blob[: len(blob) * 2 // 5])  # Truncated mid-sample.
-    fs.pipe_file(f"{path}/shard-000009.tar", b"\x00garbage" * 100)         # Not a tar at all.
+    fs.pipe_file(f"{path}/shard-000009.tar", b"\x00garbage" * 100)  # Not a tar at all.
     cfg = stream_cfg(id_shards, num_workers=1)
     with build_train_stream(cfg, batch_gpu=4, rank=0, world_size=1, seed=5) as stream:
         batches = take(stream, stream.batches_per_epoch)  # The epoch length does not change...
@@ -130,8 +130,9 @@ def test_layout_errors_name_the_option(id_shards):
     with pytest.raises(ValueError, match="train.batch_gpu: 64"):
         build_train_stream(stream_cfg(id_shards), batch_gpu=64, rank=0, world_size=2, seed=0)
     with pytest.raises(ConfigError, match="data.url: must name a manifest"):
-        build_train_stream(stream_cfg(id_shards + "/shard-{000000..000015}.tar"), batch_gpu=4, rank=0, world_size=1,
-                           seed=0)
+        build_train_stream(
+            stream_cfg(id_shards + "/shard-{000000..000015}.tar"), batch_gpu=4, rank=0, world_size=1, seed=0
+        )
 
 
 def test_synthetic_stream_matches_the_network_shape_and_resumes():
@@ -146,6 +147,11 @@ def test_synthetic_stream_matches_the_network_shape_and_resumes():
     resumed = build_train_stream(cfg, batch_gpu=16, rank=1, world_size=2, seed=0)
     resumed.load_state_dict({"kind": "synthetic", "batch": 2})
     assert next(resumed)[0].equal(first[2][0])
-    pixels = build_train_stream(DataConfig(kind="synthetic", synthetic_encoder="pixels", synthetic_resolution=8),
-                                batch_gpu=2, rank=0, world_size=1, seed=0)
+    pixels = build_train_stream(
+        DataConfig(kind="synthetic", synthetic_encoder="pixels", synthetic_resolution=8),
+        batch_gpu=2,
+        rank=0,
+        world_size=1,
+        seed=0,
+    )
     assert next(pixels)[0].dtype == torch.uint8

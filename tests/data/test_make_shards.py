@@ -21,18 +21,30 @@ from ect_scale.data.encoders import EDM2_RAW_MEAN, LatentEncoder, build_encoder
 from ect_scale.data.images import ArraySource, center_crop_imagenet
 from ect_scale.data.shard_writer import WriterOptions, write_shards
 from ect_scale.data.storage import filesystem, read_bytes
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.data.conftest import id_images, write_id_shards
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import make_shards  # noqa: E402
+make_shards = load_script("tools/make_shards.py")
 
 
 @pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_digits_to_s3_with_the_cli(s3_bucket, s3_server):
     out = f"{s3_bucket}/digits32"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "make_shards.py"), "--source", "sklearn-digits", "--out", out,
-           "--resolution", "32", "--pixels", "--num-shards", "8", "--endpoint-url", s3_server]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "make_shards.py"),
+        "--source",
+        "sklearn-digits",
+        "--out",
+        out,
+        "--resolution",
+        "32",
+        "--pixels",
+        "--num-shards",
+        "8",
+        "--endpoint-url",
+        s3_server,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "committed shard-000007.tar (8/8)" in run.stdout and "manifest.json: 1797 samples in 8 shards" in run.stdout
@@ -52,9 +64,14 @@ def test_digits_to_s3_with_the_cli(s3_bucket, s3_server):
 BOX, BICUBIC = PIL.Image.Resampling.BOX, PIL.Image.Resampling.BICUBIC
 
 
-@pytest.mark.parametrize("size,resolution,steps", [((1024, 768), 256, [(BOX, (512, 384)), (BICUBIC, (341, 256))]),
-                                                   ((300, 200), 64, [(BOX, (150, 100)), (BICUBIC, (96, 64))]),
-                                                   ((8, 8), 32, [(BICUBIC, (32, 32))])])
+@pytest.mark.parametrize(
+    "size,resolution,steps",
+    [
+        ((1024, 768), 256, [(BOX, (512, 384)), (BICUBIC, (341, 256))]),
+        ((300, 200), 64, [(BOX, (150, 100)), (BICUBIC, (96, 64))]),
+        ((8, 8), 32, [(BICUBIC, (32, 32))]),
+    ],
+)
 def test_center_crop_is_adms(size, resolution, steps):
     """BOX halving while the short side >= 2x the target, BICUBIC to the target short side, central window."""
     img = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
@@ -65,7 +82,7 @@ def test_center_crop_is_adms(size, resolution, steps):
     top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
     out = center_crop_imagenet(img, resolution)
     assert out.shape == (resolution, resolution, 3)
-    assert np.array_equal(out, arr[top:top + resolution, left:left + resolution])
+    assert np.array_equal(out, arr[top : top + resolution, left : left + resolution])
 
 
 def _png(path, size, value):
@@ -81,15 +98,32 @@ def test_image_tree_skips_unreadable_images_and_lists_them(tmp_path):
     (root / "n001" / "broken.JPEG").write_bytes(b"this is not a JPEG")
     (root / "n001" / "notes.txt").write_text("ignored")
     out = str(tmp_path / "shards")
-    assert make_shards.main(["--source", str(root), "--out", out, "--resolution", "16", "--pixels",
-                             "--num-shards", "2", "--io-threads", "2"]) == 0
+    assert (
+        make_shards.main(
+            [
+                "--source",
+                str(root),
+                "--out",
+                out,
+                "--resolution",
+                "16",
+                "--pixels",
+                "--num-shards",
+                "2",
+                "--io-threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     m = load_manifest(out)
     assert m.class_names == ["n001", "n002"] and m.label_dim == 2
     assert m.num_samples == 3 and m.class_counts == [1, 2]
     assert m.skipped["count"] == 1 and m.skipped["items"][0]["path"] == os.path.join("n001", "broken.JPEG")
     assert m.source["num_images"] == 4
-    stream = build_train_stream(DataConfig(url=out, num_workers=0, shuffle_buffer=0), batch_gpu=1, rank=0,
-                                world_size=1, seed=0)
+    stream = build_train_stream(
+        DataConfig(url=out, num_workers=0, shuffle_buffer=0), batch_gpu=1, rank=0, world_size=1, seed=0
+    )
     seen = sorted((int(lab), int(raw[0, 0, 0, 0])) for raw, lab in (next(stream) for _ in range(3)))
     assert [lab for lab, _ in seen] == [0, 1, 1] and [v for _, v in seen[1:]] == [100, 200]
     assert abs(seen[0][1] - 50) <= 2  # The JPEG (lossy) of class n001.
@@ -100,8 +134,24 @@ def test_flat_folder_with_class_name_labels(tmp_path):
         _png(str(tmp_path / "imgs" / name), (16, 16), value)
     (tmp_path / "labels.txt").write_text("# file label\nz.png cat\nx.png dog\ny.png,cat\n")
     out = str(tmp_path / "shards")
-    assert make_shards.main(["--source", str(tmp_path / "imgs"), "--labels", str(tmp_path / "labels.txt"),
-                             "--out", out, "--resolution", "16", "--pixels", "--num-shards", "1"]) == 0
+    assert (
+        make_shards.main(
+            [
+                "--source",
+                str(tmp_path / "imgs"),
+                "--labels",
+                str(tmp_path / "labels.txt"),
+                "--out",
+                out,
+                "--resolution",
+                "16",
+                "--pixels",
+                "--num-shards",
+                "1",
+            ]
+        )
+        == 0
+    )
     m = load_manifest(out)
     assert m.class_names == ["cat", "dog"] and m.class_counts == [2, 1]
 
@@ -154,8 +204,12 @@ def test_resume_keeps_committed_shards_and_redoes_the_rest(s3_bucket):
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
-    assert make_shards.main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--resolution",
-                             "16", "--pixels"]) == 2  # The entry points' code for an expected failure.
+    assert (
+        make_shards.main(
+            ["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--resolution", "16", "--pixels"]
+        )
+        == 2
+    )  # The entry points' code for an expected failure.
     err = capsys.readouterr().err
     assert err.startswith("error: --source") and "not a folder" in err and "Fix:" in err and "Traceback" not in err
 
@@ -180,9 +234,17 @@ def tiny_vae_dir(tmp_path_factory):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=1, norm_num_groups=4, sample_size=32)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+    )
     path = str(tmp_path_factory.mktemp("tiny-vae"))
     vae.save_pretrained(path)
     return path
@@ -192,8 +254,13 @@ def test_vae_shards_store_the_posterior_mean_and_std(tiny_vae_dir, tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     source = ArraySource(images, list(range(6)))  # Label = image index, to match samples to images.
     out = str(tmp_path / "latents")
-    manifest = write_shards(source, out, VaeConverter(tiny_vae_dir, "cpu", "float16"),
-                            WriterOptions(resolution=32, num_shards=2, progress_s=1e9), log=lambda *_: None)
+    manifest = write_shards(
+        source,
+        out,
+        VaeConverter(tiny_vae_dir, "cpu", "float16"),
+        WriterOptions(resolution=32, num_shards=2, progress_s=1e9),
+        log=lambda *_: None,
+    )
     assert manifest["raw"] == {"shape": [8, 4, 4], "dtype": "float16"}
     enc = manifest["encoder"]
     assert enc["kind"] == "sd-vae" and enc["vae"] == tiny_vae_dir and enc["raw_mean"] == list(EDM2_RAW_MEAN)
@@ -213,8 +280,24 @@ def test_shards_and_the_manifest_get_the_usual_modes(tmp_path):
     """Not mkstemp's 0600: others sharing the data folder must read the shards (the umask decides, here 027)."""
     old = os.umask(0o027)
     try:
-        assert make_shards.main(["--source", "sklearn-digits", "--out", str(tmp_path / "d"), "--resolution", "8",
-                                 "--pixels", "--num-shards", "2", "--limit", "40"]) == 0
+        assert (
+            make_shards.main(
+                [
+                    "--source",
+                    "sklearn-digits",
+                    "--out",
+                    str(tmp_path / "d"),
+                    "--resolution",
+                    "8",
+                    "--pixels",
+                    "--num-shards",
+                    "2",
+                    "--limit",
+                    "40",
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "d").rglob("*")}

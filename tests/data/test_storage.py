@@ -27,14 +27,20 @@ def test_retrying_reader_reopens_at_the_offset_after_an_outage(s3_server):
     fs.mkdir("outage-test")
     data = os.urandom(1 << 20)
     fs.pipe_file("outage-test/blob.bin", data)
-    options = StorageOptions(endpoint_url=endpoint, connect_timeout_s=1, read_timeout_s=2, retries=8,
-                             block_size=64 << 10)
+    options = StorageOptions(
+        endpoint_url=endpoint, connect_timeout_s=1, read_timeout_s=2, retries=8, block_size=64 << 10
+    )
     reader = RetryingReader("s3://outage-test/blob.bin", options)
     head = reader.read(100_000)
     server.stop()  # Outage: moto keeps its data in-process, so a new server on the same port serves the same object.
     restarted = []
-    threading.Thread(target=lambda: (time.sleep(3.0), restarted.append(ThreadedMotoServer(
-        ip_address="127.0.0.1", port=port, verbose=False)), restarted[0].start())).start()
+    threading.Thread(
+        target=lambda: (
+            time.sleep(3.0),
+            restarted.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)),
+            restarted[0].start(),
+        )
+    ).start()
     before = storage.COUNTERS["read_retries"]
     try:
         tail = reader.read()

@@ -18,8 +18,15 @@ class SpyNet(torch.nn.Module):
         self.nan_on_second = nan_on_second
 
     def forward(self, x, sigma, labels=None, *, dropout_masks=None, return_logvar=False):
-        self.calls.append(dict(grad=torch.is_grad_enabled(), x=x.detach().clone(), sigma=sigma.detach().clone(),
-                               masks=dropout_masks, labels=labels))
+        self.calls.append(
+            dict(
+                grad=torch.is_grad_enabled(),
+                x=x.detach().clone(),
+                sigma=sigma.detach().clone(),
+                masks=dropout_masks,
+                labels=labels,
+            )
+        )
         out = x * self.scale / (1 + sigma.view(-1, 1, 1, 1) ** 2)
         if self.nan_on_second and len(self.calls) == 2:
             out = out.clone()
@@ -126,8 +133,9 @@ def test_learned_uncertainty_option():
     net = SpyNet()
     cfg = _cfg(learned_uncertainty=True, P_mean=2.0, P_std=0.1)
     a = ECTLoss(cfg)(net, torch.ones(4, 2, 4, 4), None, nimg=0, generator=torch.Generator().manual_seed(0))
-    b = ECTLoss(_cfg(P_mean=2.0, P_std=0.1))(SpyNet(), torch.ones(4, 2, 4, 4), None, nimg=0,
-                                             generator=torch.Generator().manual_seed(0))
+    b = ECTLoss(_cfg(P_mean=2.0, P_std=0.1))(
+        SpyNet(), torch.ones(4, 2, 4, 4), None, nimg=0, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(a.loss, b.loss)  # u = 0: loss / exp(0) + 0.
 
 

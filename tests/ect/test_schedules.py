@@ -1,4 +1,5 @@
-"""ECT schedules as pure functions of images seen (ect.md §1.3) and EDM2's LR decay."""
+"""ECT schedules as pure functions of images seen (locuslab/ect training/loss.py, the 'sigmoid' t -> r mapping) and
+EDM2's LR decay."""
 
 import math
 
@@ -10,7 +11,7 @@ from ect_scale.ect import schedules
 
 T = torch.tensor([0.002, 0.1, 1.0, 10.0, 80.0], dtype=torch.float64)
 
-# ect.md §1.3 table: q^(s+1) -> r/t at t = 0.002 / 0.1 / 1 / 10 / 80.
+# r/t = 1 - n(t)/q^(s+1), n(t) = 1 + 8 sigmoid(-t), worked out by hand: q^(s+1) -> r/t at t = 0.002 / 0.1 / 1 / 10 / 80.
 TABLE = {
     2: [0, 0, 0, 0.500, 0.500],
     4: [0, 0, 0.212, 0.750, 0.750],

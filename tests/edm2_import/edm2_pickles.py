@@ -27,12 +27,23 @@ from ect_scale.networks.unet import Block, UNet
 
 # Module source as a persisted pickle would carry it. If anything exec'd it, it would create MARKER_PATH.
 MARKER_ENV = "ECT_SCALE_TEST_MARKER"
-HOSTILE_SOURCE = ("import os\nopen(os.environ.get('%s', '/tmp/ect_scale_exec_marker'), 'w').write('executed')\n"
-                  "class Precond: pass\n" % MARKER_ENV)
-_HOOK_DICTS = ("_backward_pre_hooks", "_backward_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-               "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
-               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-               "_load_state_dict_post_hooks")
+HOSTILE_SOURCE = (
+    "import os\nopen(os.environ.get('%s', '/tmp/ect_scale_exec_marker'), 'w').write('executed')\n"
+    "class Precond: pass\n" % MARKER_ENV
+)
+_HOOK_DICTS = (
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
 
 
 def _reconstruct_persistent_obj(meta):  # Pickled by reference only; never called in tests.
@@ -76,12 +87,16 @@ class Persisted:
         return _reconstruct_persistent_obj, (self.meta,)
 
 
-def module_state(module: torch.nn.Module, children: dict, attrs: dict, init_args: tuple, init_kwargs: dict,
-                 dtype: torch.dtype) -> dict:
+def module_state(
+    module: torch.nn.Module, children: dict, attrs: dict, init_args: tuple, init_kwargs: dict, dtype: torch.dtype
+) -> dict:
     """The `__dict__` an EDM2 module pickles with (torch 2.x layout)."""
     state: dict[str, Any] = {"training": False}
-    state["_parameters"] = OrderedDict((k, torch.nn.Parameter(v.detach().to(dtype).clone(), requires_grad=False))
-                                       for k, v in module._parameters.items() if v is not None)
+    state["_parameters"] = OrderedDict(
+        (k, torch.nn.Parameter(v.detach().to(dtype).clone(), requires_grad=False))
+        for k, v in module._parameters.items()
+        if v is not None
+    )
     state["_buffers"] = OrderedDict((k, v.detach().to(dtype).clone()) for k, v in module._buffers.items())
     state["_non_persistent_buffers_set"] = set()
     state.update({k: OrderedDict() for k in _HOOK_DICTS}, _is_full_backward_hook=None)
@@ -93,10 +108,18 @@ def module_state(module: torch.nn.Module, children: dict, attrs: dict, init_args
 def precond_kwargs(net: Precond, layout: str) -> dict:
     """Constructor kwargs as EDM2's (or ECT's) training script records them for this network."""
     c = net.config
-    kw = dict(img_resolution=c.img_resolution, img_channels=c.img_channels, label_dim=c.label_dim,
-              model_channels=c.model_channels, channel_mult=list(c.channel_mult), num_blocks=c.num_blocks,
-              attn_resolutions=list(c.attn_resolutions), channels_per_head=c.channels_per_head, dropout=c.dropout,
-              use_fp16=True)
+    kw = dict(
+        img_resolution=c.img_resolution,
+        img_channels=c.img_channels,
+        label_dim=c.label_dim,
+        model_channels=c.model_channels,
+        channel_mult=list(c.channel_mult),
+        num_blocks=c.num_blocks,
+        attn_resolutions=list(c.attn_resolutions),
+        channels_per_head=c.channels_per_head,
+        dropout=c.dropout,
+        use_fp16=True,
+    )
     if c.logvar_channels and c.logvar_channels != 128:
         kw["logvar_channels"] = c.logvar_channels
     if layout == "ect":
@@ -113,21 +136,42 @@ def _convert(module: torch.nn.Module, kw: dict, dtype: torch.dtype, src: str, ex
     block_kw = {k: kw[k] for k in ("channels_per_head", "dropout") if k in kw}
     if isinstance(module, Precond):
         c = module.config
-        attrs = dict(img_resolution=c.img_resolution, img_channels=c.img_channels, label_dim=c.label_dim,
-                     use_fp16=True, sigma_data=c.sigma_data)
+        attrs = dict(
+            img_resolution=c.img_resolution,
+            img_channels=c.img_channels,
+            label_dim=c.label_dim,
+            use_fp16=True,
+            sigma_data=c.sigma_data,
+        )
         args, kwargs, name = (), dict(kw), "Precond"
     elif isinstance(module, UNet):
         attrs = dict(label_balance=module.label_balance, concat_balance=module.concat_balance)
         args, kwargs, name = (), {k: v for k, v in kw.items() if k not in ("use_fp16", "logvar_channels")}, "UNet"
     elif isinstance(module, Block):
-        attrs = dict(out_channels=module.out_channels, flavor=module.flavor, resample_filter=[1, 1],
-                     resample_mode=module.resample_mode, num_heads=module.num_heads, dropout=module.dropout,
-                     res_balance=module.res_balance, attn_balance=module.attn_balance, clip_act=module.clip_act)
-        cin = module.conv_res0.in_channels if module.flavor == "dec" else (
-            module.conv_skip.in_channels if module.conv_skip is not None else module.out_channels)
+        attrs = dict(
+            out_channels=module.out_channels,
+            flavor=module.flavor,
+            resample_filter=[1, 1],
+            resample_mode=module.resample_mode,
+            num_heads=module.num_heads,
+            dropout=module.dropout,
+            res_balance=module.res_balance,
+            attn_balance=module.attn_balance,
+            clip_act=module.clip_act,
+        )
+        cin = (
+            module.conv_res0.in_channels
+            if module.flavor == "dec"
+            else (module.conv_skip.in_channels if module.conv_skip is not None else module.out_channels)
+        )
         args = (cin, module.out_channels, module.emb_linear.in_channels)
-        kwargs = dict(flavor=module.flavor, resample_mode=module.resample_mode, attention=module.num_heads > 0,
-                      **block_kw, **extra_block_kwargs)
+        kwargs = dict(
+            flavor=module.flavor,
+            resample_mode=module.resample_mode,
+            attention=module.num_heads > 0,
+            **block_kw,
+            **extra_block_kwargs,
+        )
         name = "Block"
     elif isinstance(module, MPConv):
         attrs, args, name = dict(out_channels=module.out_channels), (module.in_channels, module.out_channels), "MPConv"
@@ -137,14 +181,26 @@ def _convert(module: torch.nn.Module, kw: dict, dtype: torch.dtype, src: str, ex
     else:
         raise TypeError(f"no EDM2 counterpart for {type(module).__name__}")
     # Absent optional layers (conv_skip, attn_qkv, emb_label, ...) are plain None attributes, as torch stores them.
-    attrs.update({k: None for k in ("conv_skip", "attn_qkv", "attn_proj", "emb_label") if k in module.__dict__
-                  and module.__dict__[k] is None})
+    attrs.update(
+        {
+            k: None
+            for k in ("conv_skip", "attn_qkv", "attn_proj", "emb_label")
+            if k in module.__dict__ and module.__dict__[k] is None
+        }
+    )
     return Persisted(name, module_state(module, children, attrs, args, kwargs, dtype), src)
 
 
-def snapshot_objects(net: Precond, layout: str = "edm2", encoder: Optional[str] = "vae", dtype=None,
-                     module_src: str = HOSTILE_SOURCE, extra_block_kwargs: Optional[dict] = None,
-                     precond_extra_kwargs: Optional[dict] = None, extra_entries: Optional[dict] = None):
+def snapshot_objects(
+    net: Precond,
+    layout: str = "edm2",
+    encoder: Optional[str] = "vae",
+    dtype=None,
+    module_src: str = HOSTILE_SOURCE,
+    extra_block_kwargs: Optional[dict] = None,
+    precond_extra_kwargs: Optional[dict] = None,
+    extra_entries: Optional[dict] = None,
+):
     """The object tree NVIDIA's training loop pickles (EDM2: fp16 EasyDict; ECT: fp32 dict with only `ema`)."""
     dtype = dtype or (torch.float16 if layout == "edm2" else torch.float32)
     kw = {**precond_kwargs(net, layout), **(precond_extra_kwargs or {})}
@@ -155,14 +211,29 @@ def snapshot_objects(net: Precond, layout: str = "edm2", encoder: Optional[str] 
     if encoder == "vae":
         scale = np.float32(0.5) / np.float32([4.17, 4.62, 3.71, 3.28])
         bias = np.float32(0) - np.float32([5.81, 3.25, 0.12, -2.15]) * scale
-        data["encoder"] = Persisted("StabilityVAEEncoder", dict(_init_args=(), _init_kwargs={}, vae_name="stabilityai/"
-                                    "sd-vae-ft-mse", scale=scale, bias=bias, batch_size=8, _vae=None), module_src)
+        data["encoder"] = Persisted(
+            "StabilityVAEEncoder",
+            dict(
+                _init_args=(),
+                _init_kwargs={},
+                vae_name="stabilityai/sd-vae-ft-mse",
+                scale=scale,
+                bias=bias,
+                batch_size=8,
+                _vae=None,
+            ),
+            module_src,
+        )
     elif encoder == "rgb":
         data["encoder"] = Persisted("StandardRGBEncoder", dict(_init_args=(), _init_kwargs={}), module_src)
-    data["dataset_kwargs"] = dict(class_name="training.dataset.ImageFolderDataset", path="/data/img.zip",
-                                  use_labels=True)
-    data["loss_fn"] = Persisted("EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(),
-                                                 _init_kwargs=dict(P_mean=-0.4, P_std=1.0)), module_src)
+    data["dataset_kwargs"] = dict(
+        class_name="training.dataset.ImageFolderDataset", path="/data/img.zip", use_labels=True
+    )
+    data["loss_fn"] = Persisted(
+        "EDM2Loss",
+        dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs=dict(P_mean=-0.4, P_std=1.0)),
+        module_src,
+    )
     data["ema"] = ema
     data.update(extra_entries or {})
     return data

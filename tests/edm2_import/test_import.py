@@ -12,9 +12,9 @@ import torch
 from ect_scale.config import NetworkConfig, from_dict
 from ect_scale.data.encoders import LatentEncoder, PixelEncoder
 from ect_scale.edm2_import import Edm2ImportError, import_edm2, match_preset
-from ect_scale.netfile import load_network_file, read_network_file
 from ect_scale.networks import build_network
-from tests.conftest import REPO
+from ect_scale.networks.netfile import load_network_file, read_network_file
+from tests.conftest import REPO, load_script
 from tests.edm2_import.edm2_pickles import MARKER_ENV, Persisted, nvidia_module_names, snapshot_objects, write_snapshot
 
 
@@ -107,8 +107,7 @@ def test_cli_summary_overwrite_and_errors(tiny_net, tmp_path, marker, capsys):
     out = tmp_path / "pretrained" / "edm2-tiny-2147483-0.130.safetensors"
     assert out.exists() and "preset     tiny-latent" in res.stdout and "verified   reloaded into Precond" in res.stdout
     assert "sd-vae" in res.stdout and "never executed" in res.stdout and "2,147,483,648 images" in res.stdout
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from import_edm2 import main
+    main = load_script("tools/import_edm2.py").main
 
     capsys.readouterr()
     assert main([str(pkl), str(out)]) == 2 and "exists" in capsys.readouterr().err
@@ -152,10 +151,12 @@ def module(data, path):
 
 
 def test_not_a_snapshot(tmp_path, tiny_net):
-    cases = [([1, 2], "found a list at the top level, expected an EDM2 snapshot"),
-             ({"net": 1, "optimizer": 2}, "found keys ['net', 'optimizer']"),
-             ({"ema": Persisted("EDMPrecond", {})}, "EDM (2022) network"),
-             ({"ema": {"weight": torch.zeros(2)}}, "'ema' is a dict, expected a persisted EDM2 'Precond'")]
+    cases = [
+        ([1, 2], "found a list at the top level, expected an EDM2 snapshot"),
+        ({"net": 1, "optimizer": 2}, "found keys ['net', 'optimizer']"),
+        ({"ema": Persisted("EDMPrecond", {})}, "EDM (2022) network"),
+        ({"ema": {"weight": torch.zeros(2)}}, "'ema' is a dict, expected a persisted EDM2 'Precond'"),
+    ]
     for obj, message in cases:
         with pytest.raises(Edm2ImportError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             import_edm2(dump(tmp_path / "x.pkl", obj), None)
@@ -170,14 +171,21 @@ def test_not_a_snapshot(tmp_path, tiny_net):
         import_edm2(str(tmp_path / "missing.pkl"), None)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(extra_block_kwargs={"use_sdpa": True}), r"does not implement: use_sdpa=True \(Block unet.enc"),
-    (dict(precond_extra_kwargs={"fancy_head": 3}), "does not implement: fancy_head=3"),
-    (dict(precond_extra_kwargs={"resample_filter": [1, 3, 3, 1]}),
-     r"resample_filter=\[1, 3, 3, 1\], expected \[1, 1\]"),
-    (dict(precond_extra_kwargs={"channel_mult": [1, 3]}),
-     r"channel_mult: recorded init kwargs give \[1, 3\], tensors/attributes give \[1, 2\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(extra_block_kwargs={"use_sdpa": True}), r"does not implement: use_sdpa=True \(Block unet.enc"),
+        (dict(precond_extra_kwargs={"fancy_head": 3}), "does not implement: fancy_head=3"),
+        (
+            dict(precond_extra_kwargs={"resample_filter": [1, 3, 3, 1]}),
+            r"resample_filter=\[1, 3, 3, 1\], expected \[1, 1\]",
+        ),
+        (
+            dict(precond_extra_kwargs={"channel_mult": [1, 3]}),
+            r"channel_mult: recorded init kwargs give \[1, 3\], tensors/attributes give \[1, 2\]",
+        ),
+    ],
+)
 def test_unexpressible_or_inconsistent_kwargs(tiny_net, tmp_path, marker, kwargs, message):
     write_snapshot(tmp_path / "x.pkl", tiny_net(), **kwargs)
     with pytest.raises(Edm2ImportError, match=message):

@@ -97,9 +97,15 @@ def test_persistent_ids_object_dtypes_and_bad_views_are_refused():
 
 def test_allowed_data_round_trips():
     base = torch.randn(6, 5)
-    data = {"w": torch.nn.Parameter(torch.randn(3, 4).half(), requires_grad=False), "view": base[1:4, ::2],
-            "arr": np.arange(4, dtype=np.float32), "scalar": np.float32(0.5), "s": {1, 2}, "f": frozenset({3}),
-            "od": OrderedDict(x=(1, 2.5, None, "t"))}
+    data = {
+        "w": torch.nn.Parameter(torch.randn(3, 4).half(), requires_grad=False),
+        "view": base[1:4, ::2],
+        "arr": np.arange(4, dtype=np.float32),
+        "scalar": np.float32(0.5),
+        "s": {1, 2},
+        "f": frozenset({3}),
+        "od": OrderedDict(x=(1, 2.5, None, "t")),
+    }
     for protocol in (2, 4, 5):
         out = load(pickle.dumps(data, protocol=protocol))
         assert type(out["w"]) is torch.Tensor and torch.equal(out["w"], data["w"].detach())

@@ -10,11 +10,22 @@ from ect_scale.networks import build_network, forced_weight_norm_
 
 
 def tiny_cfg(stage: int, precision: str = "fp32", batch_size: int = 8, batch_gpu: int = 2, **extra) -> Config:
-    args = [f"--engine.zero_stage={stage}", f"--engine.precision={precision}",
-            "--network.preset=tiny-latent", "--network.dropout=0.3", "--network.dropout_res=8",
-            f"--train.batch_size={batch_size}", f"--train.batch_gpu={batch_gpu}", "--data.kind=synthetic",
-            "--optim.lr=0.01", "--optim.decay_nimg=0", "--ect.stage_nimg=16", "--ect.q=2", "--ect.P_mean=0.0",
-            "--ect.P_std=1.0"]
+    args = [
+        f"--engine.zero_stage={stage}",
+        f"--engine.precision={precision}",
+        "--network.preset=tiny-latent",
+        "--network.dropout=0.3",
+        "--network.dropout_res=8",
+        f"--train.batch_size={batch_size}",
+        f"--train.batch_gpu={batch_gpu}",
+        "--data.kind=synthetic",
+        "--optim.lr=0.01",
+        "--optim.decay_nimg=0",
+        "--ect.stage_nimg=16",
+        "--ect.q=2",
+        "--ect.P_mean=0.0",
+        "--ect.P_std=1.0",
+    ]
     args += [f"--{k}={v}" for k, v in extra.items()]
     return load_config(None, args)
 
@@ -27,7 +38,7 @@ def initial_net(cfg, seed: int = 0):
             if p.ndim == 0:
                 p.fill_(0.5)  # Non-zero gains so every parameter receives gradient.
             else:
-                p.mul_(1.7)   # Off the unit sphere: forced normalisation has work to do.
+                p.mul_(1.7)  # Off the unit sphere: forced normalisation has work to do.
     forced_weight_norm_(net)
     return net
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ect_scale.master import MasterWeights
+from ect_scale.engine.master import MasterWeights
 from ect_scale.networks import build_network
 from tests.engine.common import tiny_cfg
 

@@ -6,14 +6,15 @@ import types
 
 import torch
 
-from ect_scale.engine import Engine
+from ect_scale.engine.zero import Engine
 
 
 def _fake_engine(fused: bool):
     p = torch.nn.Parameter(torch.zeros(3, device="meta"))
-    opt = types.SimpleNamespace(param_groups=[{"params": [p], "fused": fused, "capturable": False}],
-                                state={p: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(3),
-                                           "exp_avg_sq": torch.zeros(3, device="meta")}})
+    opt = types.SimpleNamespace(
+        param_groups=[{"params": [p], "fused": fused, "capturable": False}],
+        state={p: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3, device="meta")}},
+    )
     return types.SimpleNamespace(_inner=opt), opt.state[p]
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fas
 
 
 def _run_trainer(rank, world_size, run_dir, batch_gpu, nan_at, extra):
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
 
     cfg = tiny_cfg(1, "fp32", batch_size=8, batch_gpu=batch_gpu, run_dir=run_dir, **extra)
     stream = ListStream(rank, batch_gpu, nan_at=nan_at if rank == 1 else -1)
@@ -22,18 +22,29 @@ def _run_trainer(rank, world_size, run_dir, batch_gpu, nan_at, extra):
     before = trainer.engine.full_state()
     state = trainer.run()
     after = trainer.engine.full_state()
-    return {"state": state.state_dict(), "before": before if rank == 0 else None, "after": after if rank == 0 else None,
-            "ema_dir": sorted(os.listdir(os.path.join(run_dir, "ema"))) if rank == 0 else None}
+    return {
+        "state": state.state_dict(),
+        "before": before if rank == 0 else None,
+        "after": after if rank == 0 else None,
+        "ema_dir": sorted(os.listdir(os.path.join(run_dir, "ema"))) if rank == 0 else None,
+    }
 
 
-COMMON = {"checkpoint.enabled": "false", "train.total_nimg": 32, "train.status_nimg": 8, "logging.progress": "plain",
-          "ema.export_nimg": 16, "ema.stds": "[0.05,0.1]"}
+COMMON = {
+    "checkpoint.enabled": "false",
+    "train.total_nimg": 32,
+    "train.status_nimg": 8,
+    "logging.progress": "plain",
+    "ema.export_nimg": 16,
+    "ema.stds": "[0.05,0.1]",
+}
 
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_everywhere(tmp_path):
     # Rank 1's 2nd micro-batch (step 0, round 1) holds a NaN: step 0 is skipped on both ranks, later steps apply.
-    results = run_ranks(_run_trainer, 2, args=(str(tmp_path), 2, 1, dict(COMMON, **{"train.total_nimg": 8})),
-                        timeout=300)
+    results = run_ranks(
+        _run_trainer, 2, args=(str(tmp_path), 2, 1, dict(COMMON, **{"train.total_nimg": 8})), timeout=300
+    )
     for r in results:
         assert r["state"]["skipped_steps"] == 1 and r["state"]["nimg"] == 8
     for name, v in results[0]["before"].items():
@@ -60,6 +71,12 @@ def test_schedules_count_images_across_world_sizes_and_micro_batches(tmp_path):
     # Monitoring: TensorBoard events and per-bucket losses exist; EMAs were exported world-size independently.
     assert any(f.startswith("events.out") for f in os.listdir(tmp_path / "w2" / "tensorboard"))
     assert any(k.startswith("Loss/t_") for k in a[8])
-    assert two[0]["ema_dir"] == one[0]["ema_dir"] == [
-        "ema-0000000-beta-0.9999.safetensors", "ema-0000000-power-0.050.safetensors",
-        "ema-0000000-power-0.100.safetensors"]
+    assert (
+        two[0]["ema_dir"]
+        == one[0]["ema_dir"]
+        == [
+            "ema-0000000-beta-0.9999.safetensors",
+            "ema-0000000-power-0.050.safetensors",
+            "ema-0000000-power-0.100.safetensors",
+        ]
+    )

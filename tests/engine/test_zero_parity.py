@@ -13,12 +13,13 @@ STEPS = 3
 
 
 def _worker(rank, world_size, stage, precision):
-    from ect_scale import dist
-    from ect_scale.engine import Engine
+    from ect_scale.engine.group import init_process_group
+    from ect_scale.engine.zero import Engine
+    from ect_scale.runtime import dist
 
-    dist.init()
+    init_process_group()
     cfg = tiny_cfg(stage, precision)
-    engine = Engine(cfg, initial_net(cfg))
+    engine = Engine(initial_net(cfg), cfg.engine, cfg.optim, cfg.train)
     engine.module.train()
     losses = []
     for step in range(STEPS):
@@ -46,7 +47,9 @@ def test_zero_stage_matches_reference_fp32(stage):
     # Adam amplifies fp32 reduction-order noise for near-zero gradients (steps are ~lr in size); a missing
     # all-reduce would show as differences ~lr = 1e-2, far above this tolerance.
     for name, ref in ref_state.items():
-        torch.testing.assert_close(results[0]["state"][name], ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            results[0]["state"][name], ref, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert all(r["wn_err"] < 1e-3 for r in results)
 
 

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from ect_scale.eval.classifier import (ClassifierDetector, SampleAccuracy, load_classifier, save_classifier,
-                                       train_classifier)
+from ect_scale.eval.classifier import (
+    ClassifierDetector,
+    SampleAccuracy,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from ect_scale.eval.detectors import DetectorFileError
 from tests.conftest import REPO
 
@@ -55,7 +60,7 @@ class _LabelPainter(torch.nn.Module):
     label_dim, img_channels, img_resolution = 10, 1, 8
 
     def forward(self, x, sigma, labels=None):
-        level = labels.argmax(1).to(x.dtype) * 0.2 - 0.9   # class k -> pixel value (k*0.2-0.9) in [-1, 1]
+        level = labels.argmax(1).to(x.dtype) * 0.2 - 0.9  # class k -> pixel value (k*0.2-0.9) in [-1, 1]
         return level.view(-1, 1, 1, 1).expand_as(x).clone()
 
 
@@ -81,8 +86,8 @@ def test_sample_accuracy_replays_each_seeds_label():
 @pytest.mark.slow
 def test_cli_shards_reference_and_evaluate(tmp_path, tiny_config):
     """make_shards --grayscale -> train_classifier -> fid_ref --shards -> evaluate --classifier."""
-    from ect_scale.netfile import save_network_file
     from ect_scale.networks import build_network
+    from ect_scale.networks.netfile import save_network_file
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     data, clf, ref = tmp_path / "data", tmp_path / "clf.safetensors", tmp_path / "ref.npz"
@@ -92,18 +97,59 @@ def test_cli_shards_reference_and_evaluate(tmp_path, tiny_config):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
-    run("tools/make_shards.py", "--source", "sklearn-digits", "--out", str(data), "--resolution", "8", "--pixels",
-        "--grayscale", "--num-shards", "2", "--limit", "120")
+    run(
+        "tools/make_shards.py",
+        "--source",
+        "sklearn-digits",
+        "--out",
+        str(data),
+        "--resolution",
+        "8",
+        "--pixels",
+        "--grayscale",
+        "--num-shards",
+        "2",
+        "--limit",
+        "120",
+    )
     run("tools/train_classifier.py", "--data", str(data / "manifest.json"), "--out", str(clf), "--epochs", "2")
-    out = run("tools/fid_ref.py", "--shards", str(data / "manifest.json"), "--classifier", str(clf), "--out",
-              str(ref), "--progress", "none", "--workers", "0")
-    assert json.loads(out[out.index("{"):])["num_images"] == 120
+    out = run(
+        "tools/fid_ref.py",
+        "--shards",
+        str(data / "manifest.json"),
+        "--classifier",
+        str(clf),
+        "--out",
+        str(ref),
+        "--progress",
+        "none",
+        "--workers",
+        "0",
+    )
+    assert json.loads(out[out.index("{") :])["num_images"] == 120
     torch.manual_seed(0)
     net = build_network(tiny_config(preset="tiny-pixel", img_channels=1, img_resolution=8, attn_resolutions=[4]))
-    save_network_file(str(tmp_path / "net.safetensors"), net.state_dict(), net.config,
-                      meta={"encoder": {"kind": "pixels", "channels": 1}})
-    out = run("launchers/evaluate.py", "--net", str(tmp_path / "net.safetensors"), "--classifier", str(clf),
-              "--ref", str(ref), "--num-samples", "40", "--steps", "1", "--progress", "none")
-    report = json.loads(out[out.index("{"):])
+    save_network_file(
+        str(tmp_path / "net.safetensors"),
+        net.state_dict(),
+        net.config,
+        meta={"encoder": {"kind": "pixels", "channels": 1}},
+    )
+    out = run(
+        "launchers/evaluate.py",
+        "--net",
+        str(tmp_path / "net.safetensors"),
+        "--classifier",
+        str(clf),
+        "--ref",
+        str(ref),
+        "--num-samples",
+        "40",
+        "--steps",
+        "1",
+        "--progress",
+        "none",
+    )
+    report = json.loads(out[out.index("{") :])
     assert report["networks"][0]["results"]["1step"]["fd_classifier"]["min"] > 0
     assert report["detectors"]["fd_classifier"]["detector"] == "ClassifierDetector"

@@ -8,8 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ect_scale.eval.detectors import (DINOV2_URL, INCEPTION_URL, DetectorFileError, DINOv2Detector,
-                                      InceptionV3Detector, build_detectors)
+from ect_scale.eval.detectors import (
+    DINOV2_URL,
+    INCEPTION_URL,
+    DetectorFileError,
+    DINOv2Detector,
+    InceptionV3Detector,
+    build_detectors,
+)
 from tests.eval.standins import InceptionStandin
 
 
@@ -67,7 +73,9 @@ def test_dinov2_from_local_hub_repo_with_edm2_preprocessing(detector_files):
 
 
 def test_dinov2_missing_files_and_wrong_weights(detector_files, tmp_path):
-    with pytest.raises(DetectorFileError, match=r"no hubconf\.py.*git clone https://github.com/facebookresearch/dinov2"):
+    with pytest.raises(
+        DetectorFileError, match=r"no hubconf\.py.*git clone https://github.com/facebookresearch/dinov2"
+    ):
         DINOv2Detector(str(tmp_path), detector_files["dinov2_weights"], "cpu")
     with pytest.raises(DetectorFileError) as e:
         DINOv2Detector(detector_files["dinov2_repo"], str(tmp_path / "dinov2_vitl14_pretrain.pth"), "cpu")
@@ -79,8 +87,13 @@ def test_dinov2_missing_files_and_wrong_weights(detector_files, tmp_path):
 
 
 def test_build_detectors_by_metric(detector_files):
-    dets = build_detectors(["fid", "fd_dinov2"], "cpu", inception_path=detector_files["inception"],
-                           dinov2_repo=detector_files["dinov2_repo"], dinov2_path=detector_files["dinov2_weights"])
+    dets = build_detectors(
+        ["fid", "fd_dinov2"],
+        "cpu",
+        inception_path=detector_files["inception"],
+        dinov2_repo=detector_files["dinov2_repo"],
+        dinov2_path=detector_files["dinov2_weights"],
+    )
     assert {m: d.metric for m, d in dets.items()} == {"fid": "fid", "fd_dinov2": "fd_dinov2"}
     with pytest.raises(ValueError, match="unknown metric 'kid'"):
         build_detectors(["kid"], "cpu")

@@ -27,19 +27,32 @@ def _reference(path, inception, n=40):
 
 
 def _config(ref, detector_files, **kw):
-    raw = {"interval_nimg": 1000, "num_samples": 10, "batch_gpu": 4, "grid_size": 2, "ref_stats": ref,
-           "inception_path": detector_files["inception"], **kw}
+    raw = {
+        "interval_nimg": 1000,
+        "num_samples": 10,
+        "batch_gpu": 4,
+        "grid_size": 2,
+        "ref_stats": ref,
+        "inception_path": detector_files["inception"],
+        **kw,
+    }
     return from_dict(EvalConfig, raw, "eval")
 
 
 def test_inloop_fid_matches_independent_computation_and_writes_tensorboard(tmp_path, detector_files):
-    from torch.utils.tensorboard import SummaryWriter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
     ref = _reference(str(tmp_path / "ref.pkl"), detector_files["inception"])
-    cfg = _config(ref, detector_files, metrics=["fid", "fd_dinov2"], dinov2_repo=detector_files["dinov2_repo"],
-                  dinov2_path=detector_files["dinov2_weights"])
+    cfg = _config(
+        ref,
+        detector_files,
+        metrics=["fid", "fd_dinov2"],
+        dinov2_repo=detector_files["dinov2_repo"],
+        dinov2_path=detector_files["dinov2_weights"],
+    )
     from ect_scale.eval.refs import load_reference
+
     reference = load_reference(ref)
     reference.stats["fd_dinov2"] = GaussianStats(mu=np.zeros(20), sigma=np.eye(20), num=2)  # For the FD_DINOv2 path.
     evaluator = InLoopEvaluator(cfg, ECTConfig(), PixelEncoder(), "cpu", reference=reference)
@@ -65,8 +78,9 @@ def test_inloop_fid_matches_independent_computation_and_writes_tensorboard(tmp_p
     grids = evaluator.last_grids
     assert set(grids) == {f"Samples/{s}/{n}" for s in ("1step", "2step") for n in nets}
     # 2 x 2 samples of 16 px, magnified 2x to 32 px cells, with 2 px grey gutters around and between them.
-    assert all(g.dtype == torch.uint8 and tuple(g.shape) == (3, 70, 70) and (g[:, 0] == 128).all()
-               for g in grids.values())
+    assert all(
+        g.dtype == torch.uint8 and tuple(g.shape) == (3, 70, 70) and (g[:, 0] == 128).all() for g in grids.values()
+    )
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == set(results)
@@ -78,7 +92,7 @@ def test_inloop_fid_matches_independent_computation_and_writes_tensorboard(tmp_p
 def test_due_state_dict_and_grid_layout(tmp_path, detector_files):
     ref = _reference(str(tmp_path / "ref.npz"), detector_files["inception"])
     evaluator = InLoopEvaluator(_config(ref, detector_files, grid_size=0), ECTConfig(), PixelEncoder(), "cpu")
-    assert evaluator.due(999, 1001) and not evaluator.due(1001, 1999) and evaluator.due(1999, 2000)
+    assert evaluator.every.due(999, 1001) and not evaluator.every.due(1001, 1999) and evaluator.every.due(1999, 2000)
     evaluator.history.append({"nimg": 1000, "FID/1step/x": 3.0})
     other = InLoopEvaluator(_config(ref, detector_files, grid_size=0), ECTConfig(), PixelEncoder(), "cpu")
     other.load_state_dict(evaluator.state_dict())
@@ -106,8 +120,18 @@ def _inloop_worker(rank, world_size, ref, inception):
 
     if world_size > 1:
         dist.init_process_group("gloo")
-    cfg = from_dict(EvalConfig, {"interval_nimg": 1000, "num_samples": 11, "batch_gpu": 3, "grid_size": 2,
-                                 "ref_stats": ref, "inception_path": inception}, "eval")
+    cfg = from_dict(
+        EvalConfig,
+        {
+            "interval_nimg": 1000,
+            "num_samples": 11,
+            "batch_gpu": 3,
+            "grid_size": 2,
+            "ref_stats": ref,
+            "inception_path": inception,
+        },
+        "eval",
+    )
     evaluator = InLoopEvaluator(cfg, ECTConfig(t_mid=[0.9]), PixelEncoder(), "cpu")
     results = evaluator.run({"ema": tiny_pixel_net(3)}, nimg=4096)
     results.pop("Timing/eval_sec")
@@ -117,7 +141,7 @@ def _inloop_worker(rank, world_size, ref, inception):
 def test_inloop_same_results_on_every_rank_and_world_size(tmp_path, detector_files):
     ref = _reference(str(tmp_path / "ref.pkl"), detector_files["inception"])
     args = (ref, detector_files["inception"])
-    (one, grids_one), = run_ranks(_inloop_worker, 1, args=args, timeout=180)
+    ((one, grids_one),) = run_ranks(_inloop_worker, 1, args=args, timeout=180)
     two = run_ranks(_inloop_worker, 2, args=args, timeout=180)
     for results, _ in two:
         assert set(results) == set(one)

@@ -40,8 +40,9 @@ def _generate_worker(rank, world_size, inception_path):
         for s, img in zip(seeds.tolist(), batch):
             images[(name, s)] = img.clone()
 
-    stats = generated_stats(tiny_pixel_net(), PixelEncoder(), detectors, SEEDS, specs, 4, "cpu", progress="none",
-                            on_images=keep)
+    stats = generated_stats(
+        tiny_pixel_net(), PixelEncoder(), detectors, SEEDS, specs, 4, "cpu", progress="none", on_images=keep
+    )
     return {"images": images, "stats": {k: (v["fid"].mu, v["fid"].sigma, v["fid"].num) for k, v in stats.items()}}
 
 
@@ -65,15 +66,28 @@ def test_samples_and_statistics_identical_for_world_sizes_1_and_2(detector_files
 def test_latent_networks_decode_through_the_vae(tmp_path, tiny_net, detector_files):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                                  latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-                                  up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     vae.save_pretrained(tmp_path / "vae")
     encoder = LatentEncoder(vae=str(tmp_path / "vae"))
     seen = []
-    stats = generated_stats(tiny_net(seed=2).eval(), encoder, {"fid": InceptionV3Detector(detector_files["inception"])},
-                            np.arange(3), [consistency_spec(1, [])], 2, "cpu", progress="none",
-                            on_images=lambda name, seeds, imgs: seen.append(imgs))
+    stats = generated_stats(
+        tiny_net(seed=2).eval(),
+        encoder,
+        {"fid": InceptionV3Detector(detector_files["inception"])},
+        np.arange(3),
+        [consistency_spec(1, [])],
+        2,
+        "cpu",
+        progress="none",
+        on_images=lambda name, seeds, imgs: seen.append(imgs),
+    )
     assert [tuple(i.shape) for i in seen] == [(2, 3, 128, 128), (1, 3, 128, 128)]  # 16x16 latents, 8x VAE.
     assert all(i.dtype == torch.uint8 for i in seen) and stats["1step"]["fid"].num == 3
 

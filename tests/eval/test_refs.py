@@ -13,8 +13,10 @@ from ect_scale.eval.stats import GaussianStats
 def _edm2_dict(dtype=np.float64):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 6)), rng.normal(size=(4, 4))
-    return {"fid": {"mu": rng.normal(size=6).astype(dtype), "sigma": (a @ a.T).astype(dtype)},
-            "fd_dinov2": {"mu": rng.normal(size=4).astype(dtype), "sigma": (b @ b.T).astype(dtype)}}
+    return {
+        "fid": {"mu": rng.normal(size=6).astype(dtype), "sigma": (a @ a.T).astype(dtype)},
+        "fd_dinov2": {"mu": rng.normal(size=4).astype(dtype), "sigma": (b @ b.T).astype(dtype)},
+    }
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])

@@ -24,8 +24,13 @@ def test_rank_batches_partition_is_independent_of_world_size(n, batch):
 def test_sample_many_equals_generate_for_every_sampler(tiny_net):
     net = tiny_net(seed=3).eval()
     seeds = [5, 6, 11]
-    specs = [consistency_spec(1, [1.5, 0.4]), consistency_spec(2, [1.5, 0.4]), consistency_spec(3, [1.5, 0.4]),
-             SamplerSpec(t_mid=(0.7,), label="2step@0.7"), SamplerSpec(kind="heun", num_steps=2)]
+    specs = [
+        consistency_spec(1, [1.5, 0.4]),
+        consistency_spec(2, [1.5, 0.4]),
+        consistency_spec(3, [1.5, 0.4]),
+        SamplerSpec(t_mid=(0.7,), label="2step@0.7"),
+        SamplerSpec(kind="heun", num_steps=2),
+    ]
     out = sample_many(net, seeds, specs, "cpu")
     assert list(out) == ["1step", "2step", "3step", "2step@0.7", "heun2"]
     for spec in specs[:4]:
@@ -36,8 +41,13 @@ def test_sample_many_equals_generate_for_every_sampler(tiny_net):
 
 
 def test_spec_names_errors_and_descriptions():
-    assert consistency_spec(2, [0.98]).describe() == {"sampler": "consistency", "steps": 2, "t_max": 80.0,
-                                                      "t_mid": [0.98], "nfe": 2}
+    assert consistency_spec(2, [0.98]).describe() == {
+        "sampler": "consistency",
+        "steps": 2,
+        "t_max": 80.0,
+        "t_mid": [0.98],
+        "nfe": 2,
+    }
     assert SamplerSpec(kind="heun").nfe == 63
     with pytest.raises(ConfigError, match=r"ect\.t_mid: a 3-step sampler needs 2 intermediate times"):
         consistency_spec(3, [1.0])

@@ -26,8 +26,15 @@ def _module(relpath):
 
 
 def _torchrun(relpath, args, nproc=2, timeout=240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, relpath), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.join(REPO, relpath),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -37,7 +44,7 @@ def _torchrun(relpath, args, nproc=2, timeout=240):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, detector_files):
     """A folder of PNG 'dataset' images, its reference statistics, and a tiny-pixel network file."""
-    from ect_scale.netfile import save_network_file
+    from ect_scale.networks.netfile import save_network_file
 
     root = tmp_path_factory.mktemp("tools")
     rng = np.random.default_rng(0)
@@ -46,13 +53,36 @@ def workspace(tmp_path_factory, detector_files):
         os.makedirs(folder, exist_ok=True)
         PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i:08d}.png")
     net = tiny_pixel_net(5)
-    save_network_file(str(root / "ema-0.050.safetensors"), net.state_dict(), net.config,
-                      meta={"encoder": {"kind": "pixels"}, "nimg": 5_000_000, "ema": "power-0.050"})
+    save_network_file(
+        str(root / "ema-0.050.safetensors"),
+        net.state_dict(),
+        net.config,
+        meta={"encoder": {"kind": "pixels"}, "nimg": 5_000_000, "ema": "power-0.050"},
+    )
     fid_ref = _module("tools/fid_ref.py")
-    assert fid_ref.main(["--data", str(root / "data"), "--out", str(root / "ref.pkl"), "--inception",
-                         detector_files["inception"], "--dinov2-repo", detector_files["dinov2_repo"],
-                         "--dinov2-weights", detector_files["dinov2_weights"], "--batch-gpu", "4", "--workers", "0",
-                         "--progress", "none"]) == 0
+    assert (
+        fid_ref.main(
+            [
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(root / "ref.pkl"),
+                "--inception",
+                detector_files["inception"],
+                "--dinov2-repo",
+                detector_files["dinov2_repo"],
+                "--dinov2-weights",
+                detector_files["dinov2_weights"],
+                "--batch-gpu",
+                "4",
+                "--workers",
+                "0",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     return {"root": root, "ref": str(root / "ref.pkl"), "net": str(root / "ema-0.050.safetensors"), **detector_files}
 
 
@@ -61,23 +91,55 @@ def test_fid_ref_two_ranks_equal_one_rank_and_compare(workspace, capsys):
     ws = workspace
     one = load_reference(ws["ref"])
     assert set(one.stats) == {"fid", "fd_dinov2"} and one.stats["fid"].num == 14 and one.meta == {"num_images": 14}
-    _torchrun("tools/fid_ref.py", ["--data", str(ws["root"] / "data"), "--out", str(ws["root"] / "ref2.npz"),
-                                   "--inception", ws["inception"], "--batch-gpu", "4", "--workers", "1"])
+    _torchrun(
+        "tools/fid_ref.py",
+        [
+            "--data",
+            str(ws["root"] / "data"),
+            "--out",
+            str(ws["root"] / "ref2.npz"),
+            "--inception",
+            ws["inception"],
+            "--batch-gpu",
+            "4",
+            "--workers",
+            "1",
+        ],
+    )
     two = load_reference(str(ws["root"] / "ref2.npz"))
     np.testing.assert_allclose(two.stats["fid"].mu, one.stats["fid"].mu, rtol=1e-12)
     np.testing.assert_allclose(two.stats["fid"].sigma, one.stats["fid"].sigma, rtol=1e-10, atol=1e-14)
-    images = torch.stack([torch.from_numpy(np.array(PIL.Image.open(p).convert("RGB"))).permute(2, 0, 1)
-                          for p in sorted((ws["root"] / "data").rglob("*.png"))])
+    images = torch.stack(
+        [
+            torch.from_numpy(np.array(PIL.Image.open(p).convert("RGB"))).permute(2, 0, 1)
+            for p in sorted((ws["root"] / "data").rglob("*.png"))
+        ]
+    )
     feats = InceptionV3Detector(ws["inception"])(images).double().numpy()  # Directly, in one process.
     np.testing.assert_allclose(two.stats["fid"].mu, feats.mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(two.stats["fid"].sigma, np.cov(feats, rowvar=False), rtol=1e-5, atol=1e-9)
     assert two.meta["num_images"] == 14 and two.meta["resolution"] == [16, 16]
     fid_ref = _module("tools/fid_ref.py")
     capsys.readouterr()
-    assert fid_ref.main(["--data", str(ws["root"] / "data"), "--compare", ws["ref"], "--inception", ws["inception"],
-                         "--workers", "0", "--progress", "none"]) == 0
+    assert (
+        fid_ref.main(
+            [
+                "--data",
+                str(ws["root"] / "data"),
+                "--compare",
+                ws["ref"],
+                "--inception",
+                ws["inception"],
+                "--workers",
+                "0",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{\n"):])  # After the "[ref] ..." status line.
+    report = json.loads(out[out.index("{\n") :])  # After the "[ref] ..." status line.
     assert report["compare"]["fid"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -85,8 +147,27 @@ def test_fid_ref_from_a_data_package_source(workspace, capsys):
     pytest.importorskip("sklearn")
     fid_ref = _module("tools/fid_ref.py")
     out = workspace["root"] / "digits.npz"
-    assert fid_ref.main(["--source", "sklearn-digits", "--resolution", "16", "--max-images", "30", "--out", str(out),
-                         "--inception", workspace["inception"], "--workers", "0", "--progress", "none"]) == 0
+    assert (
+        fid_ref.main(
+            [
+                "--source",
+                "sklearn-digits",
+                "--resolution",
+                "16",
+                "--max-images",
+                "30",
+                "--out",
+                str(out),
+                "--inception",
+                workspace["inception"],
+                "--workers",
+                "0",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     ref = load_reference(str(out))
     assert ref.stats["fid"].num == 30 and ref.meta["resolution"] == [16, 16] and ref.meta["data"] == "sklearn-digits"
     assert fid_ref.main(["--source", "sklearn-digits", "--out", str(out), "--inception", workspace["inception"]]) == 2
@@ -94,8 +175,27 @@ def test_fid_ref_from_a_data_package_source(workspace, capsys):
 
 
 def _eval_args(ws, out, *extra):
-    return ["--net", ws["net"], "--ref", ws["ref"], "--inception", ws["inception"], "--num-samples", "10",
-            "--steps", "1,2", "--t-mid", "1.0", "--batch-gpu", "3", "--out", str(out), "--progress", "plain", *extra]
+    return [
+        "--net",
+        ws["net"],
+        "--ref",
+        ws["ref"],
+        "--inception",
+        ws["inception"],
+        "--num-samples",
+        "10",
+        "--steps",
+        "1,2",
+        "--t-mid",
+        "1.0",
+        "--batch-gpu",
+        "3",
+        "--out",
+        str(out),
+        "--progress",
+        "plain",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -132,9 +232,33 @@ def test_evaluate_launcher_fd_dinov2_once_fid_every_repeat(workspace, tmp_path):
     ws = workspace
     evaluate = _module("launchers/evaluate.py")
     out = tmp_path / "dino.json"
-    assert evaluate.main(["--net", ws["net"], "--ref", ws["ref"], "--inception", ws["inception"], "--dinov2-repo",
-                          ws["dinov2_repo"], "--dinov2-weights", ws["dinov2_weights"], "--steps", "1",
-                          "--num-samples", "4", "--repeats", "2", "--out", str(out), "--progress", "none"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--net",
+                ws["net"],
+                "--ref",
+                ws["ref"],
+                "--inception",
+                ws["inception"],
+                "--dinov2-repo",
+                ws["dinov2_repo"],
+                "--dinov2-weights",
+                ws["dinov2_weights"],
+                "--steps",
+                "1",
+                "--num-samples",
+                "4",
+                "--repeats",
+                "2",
+                "--out",
+                str(out),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["networks"][0]["results"]["1step"]
     assert len(results["fid"]["values"]) == 2 and len(results["fd_dinov2"]["values"]) == 1  # As EDM2 reports.
     assert results["fd_dinov2"]["min"] > 0
@@ -145,12 +269,36 @@ def test_evaluate_launcher_takes_files_and_t_mid_from_a_run_config(workspace, tm
 
     ws = workspace
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"data": {"kind": "synthetic"}, "ect": {"t_mid": [0.7]}, "eval": {
-        "ref_stats": ws["ref"], "inception_path": ws["inception"], "batch_gpu": 5}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"kind": "synthetic"},
+                "ect": {"t_mid": [0.7]},
+                "eval": {"ref_stats": ws["ref"], "inception_path": ws["inception"], "batch_gpu": 5},
+            }
+        )
+    )
     evaluate = _module("launchers/evaluate.py")
     out = tmp_path / "cfg.json"
-    assert evaluate.main(["--config", str(config), "--net", ws["net"], "--steps", "2", "--num-samples", "5",
-                          "--out", str(out), "--progress", "none"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--config",
+                str(config),
+                "--net",
+                ws["net"],
+                "--steps",
+                "2",
+                "--num-samples",
+                "5",
+                "--out",
+                str(out),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["networks"][0]["samplers"]["2step"]["t_mid"] == [0.7]
     assert report["reference"]["path"] == ws["ref"] and report["detectors"]["fid"]["source"] == ws["inception"]
@@ -165,14 +313,31 @@ def test_evaluate_launcher_errors_name_the_fix(workspace, tmp_path, capsys):
     evaluate = _module("launchers/evaluate.py")
     assert evaluate.main(["--net", ws["net"], "--inception", ws["inception"]]) == 2
     assert "--ref: reference statistics are required" in capsys.readouterr().err
-    assert evaluate.main(["--net", ws["net"], "--ref", ws["ref"], "--inception", str(tmp_path / "x.pt"),
-                          "--steps", "1"]) == 2
+    assert (
+        evaluate.main(["--net", ws["net"], "--ref", ws["ref"], "--inception", str(tmp_path / "x.pt"), "--steps", "1"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "inception-2015-12-05.pt" in err and "nvlabs-fi-cdn.nvidia.com" in err
     assert evaluate.main(["--net", ws["net"], "--ref", ws["ref"], "--inception", ws["inception"], "--steps", "2"]) == 2
     assert "--t-mid: a 2-step sampler needs intermediate times" in capsys.readouterr().err
-    assert evaluate.main(["--net", str(tmp_path / "missing.safetensors"), "--ref", ws["ref"], "--inception",
-                          ws["inception"], "--steps", "1", "--num-samples", "4"]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--net",
+                str(tmp_path / "missing.safetensors"),
+                "--ref",
+                ws["ref"],
+                "--inception",
+                ws["inception"],
+                "--steps",
+                "1",
+                "--num-samples",
+                "4",
+            ]
+        )
+        == 2
+    )
     assert "network file not found" in capsys.readouterr().err
 
 
@@ -180,9 +345,31 @@ def test_search_tmid_reports_the_best_value(workspace):
     ws = workspace
     search = _module("tools/search_tmid.py")
     out = ws["root"] / "tmid.json"
-    assert search.main(["--net", ws["net"], "--ref", ws["ref"], "--inception", ws["inception"], "--values",
-                        "2.0,1.0,0.5", "--num-samples", "6", "--batch-gpu", "3", "--refine", "1", "--out", str(out),
-                        "--progress", "none"]) == 0
+    assert (
+        search.main(
+            [
+                "--net",
+                ws["net"],
+                "--ref",
+                ws["ref"],
+                "--inception",
+                ws["inception"],
+                "--values",
+                "2.0,1.0,0.5",
+                "--num-samples",
+                "6",
+                "--batch-gpu",
+                "3",
+                "--refine",
+                "1",
+                "--out",
+                str(out),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     table = {row["t_mid"]: row["fid"] for row in report["table"]}
     assert len(table) == 3 + 4 and {2.0, 1.0, 0.5} <= set(table)
@@ -195,13 +382,32 @@ def test_search_tmid_reports_the_best_value(workspace):
 @pytest.mark.slow
 def test_bench_fid_driver_runs_torchrun_and_reports_json(workspace):
     pytest.importorskip("diffusers")
-    args = ["--gpus", "1", "--preset", "tiny-latent", "--vae-config", "tiny", "--inception", workspace["inception"],
-            "--num-samples", "8", "--batch-gpu", "4", "--device", "cpu"]
+    args = [
+        "--gpus",
+        "1",
+        "--preset",
+        "tiny-latent",
+        "--vae-config",
+        "tiny",
+        "--inception",
+        workspace["inception"],
+        "--num-samples",
+        "8",
+        "--batch-gpu",
+        "4",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench_fid.py"), *args], capture_output=True,
-                          text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "bench_fid.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    summary = json.loads(proc.stdout[proc.stdout.rindex('{\n  "runs"'):])
+    summary = json.loads(proc.stdout[proc.stdout.rindex('{\n  "runs"') :])
     run = summary["runs"][0]
     assert run["gpus"] == 1 and run["num"] == 8 and run["nfe"] == 2
     assert set(run["stages_rank0"]) == {"sample", "decode", "fid"} and run["extrapolated_wall_50k_s"] > 0

@@ -8,17 +8,36 @@ import sys
 
 from tests.conftest import REPO
 
-ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
-           PYTHONWARNINGS="ignore")
+ENV = dict(
+    os.environ,
+    DS_ACCELERATOR="cpu",
+    OMP_NUM_THREADS="1",
+    PYTHONUNBUFFERED="1",
+    CUDA_VISIBLE_DEVICES="",
+    PYTHONWARNINGS="ignore",
+)
 BIN = os.path.dirname(sys.executable)
 # The quickstart teacher at the batch these tests count with (64 images a step: 32 per rank on 2 ranks).
-TEACHER = [sys.executable, "launchers/train.py", "--config", "configs/demo-digits-teacher.yaml",
-           "--train.batch_size=64", "--train.batch_gpu=32"]
+TEACHER = [
+    sys.executable,
+    "launchers/train.py",
+    "--config",
+    "configs/demo-digits-teacher.yaml",
+    "--train.batch_size=64",
+    "--train.batch_gpu=32",
+]
 # The teacher on random 8x8 RGB data (the network takes 3 channels then): no shards needed.
-SYNTHETIC = ["--data.kind=synthetic", "--data.synthetic_encoder=pixels", "--data.synthetic_resolution=8",
-             "--network.img_channels=3",
-             "--data.synthetic_label_dim=10", "--train.total_nimg=128", "--train.status_nimg=64",
-             "--logging.sample_grid=0", "--logging.progress=plain"]
+SYNTHETIC = [
+    "--data.kind=synthetic",
+    "--data.synthetic_encoder=pixels",
+    "--data.synthetic_resolution=8",
+    "--network.img_channels=3",
+    "--data.synthetic_label_dim=10",
+    "--train.total_nimg=128",
+    "--train.status_nimg=64",
+    "--logging.sample_grid=0",
+    "--logging.progress=plain",
+]
 
 
 def run(cmd: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -49,7 +68,27 @@ def log_of(proc: subprocess.CompletedProcess) -> str:
 
 def make_digits(out: str, shards: int = 4) -> str:
     """512 digits as 8x8 grayscale shards (the teacher's input); returns the manifest path."""
-    subprocess.run([sys.executable, "tools/make_shards.py", "--source", "sklearn-digits", "--out", out,
-                    "--resolution", "8", "--pixels", "--grayscale", "--num-shards", str(shards), "--limit", "512"],
-                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "tools/make_shards.py",
+            "--source",
+            "sklearn-digits",
+            "--out",
+            out,
+            "--resolution",
+            "8",
+            "--pixels",
+            "--grayscale",
+            "--num-shards",
+            str(shards),
+            "--limit",
+            "512",
+        ],
+        cwd=REPO,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return os.path.join(out, "manifest.json")

@@ -8,18 +8,18 @@ only the peer watch can stop it.
 """
 
 import os
+import runpy
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 
 def inject(fail_rank: int, kind: str, hang_rank: int) -> None:
     import torch
 
-    from ect_scale import dist
-    from ect_scale.trainer import Trainer
+    from ect_scale.runtime import dist
+    from ect_scale.train.trainer import Trainer
 
     real_step = Trainer.train_step
 
@@ -38,8 +38,5 @@ def inject(fail_rank: int, kind: str, hang_rank: int) -> None:
 if __name__ == "__main__":
     fail, what, hang = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     inject(fail, what, hang)
-    sys.argv = [os.path.join(REPO, "launchers", "train.py")] + sys.argv[sys.argv.index("--") + 1:]
-    sys.path.insert(0, os.path.join(REPO, "launchers"))
-    import train
-
-    sys.exit(train.main())
+    sys.argv = [os.path.join(REPO, "launchers", "train.py")] + sys.argv[sys.argv.index("--") + 1 :]
+    sys.exit(runpy.run_path(sys.argv[0], run_name="__train__")["main"]())

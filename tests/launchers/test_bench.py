@@ -16,8 +16,25 @@ ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFER
 @pytest.mark.slow
 def test_bench_reports_the_full_step_with_accumulation(tmp_path):
     out = tmp_path / "bench.jsonl"
-    cmd = [sys.executable, "launchers/bench.py", "--preset", "tiny-latent", "--batch-gpu", "2", "--accum", "2",
-           "--steps", "2", "--warmup", "1", "--max-memory-gib", "1", "--out", str(out), "--ema.stds=[0.05]"]
+    cmd = [
+        sys.executable,
+        "launchers/bench.py",
+        "--preset",
+        "tiny-latent",
+        "--batch-gpu",
+        "2",
+        "--accum",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--max-memory-gib",
+        "1",
+        "--out",
+        str(out),
+        "--ema.stds=[0.05]",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
@@ -37,11 +54,30 @@ def test_gate_times_concurrent_benchmarks_one_at_a_time(tmp_path):
     one runs EDM2's fp16 compute with loss scaling."""
     procs = []
     for i, precision in enumerate(["bf16", "fp16"]):
-        cmd = [sys.executable, "launchers/bench.py", "--preset", "tiny-latent", "--batch-gpu", "2", "--steps", "3",
-               "--warmup", "1", "--precision", precision, "--gate", str(tmp_path / "gate"), "--gate-count", "2",
-               f"--run_dir={tmp_path}/run{i}", "--ema.stds=[0.05]"]
+        cmd = [
+            sys.executable,
+            "launchers/bench.py",
+            "--preset",
+            "tiny-latent",
+            "--batch-gpu",
+            "2",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--precision",
+            precision,
+            "--gate",
+            str(tmp_path / "gate"),
+            "--gate-count",
+            "2",
+            f"--run_dir={tmp_path}/run{i}",
+            "--ema.stds=[0.05]",
+        ]
         env = dict(ENV, MASTER_PORT=str(free_port()))
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)

@@ -12,8 +12,17 @@ import pytest
 
 from tests.conftest import REPO
 from tests.distributed import free_port
-from tests.launchers.common import (BIN, ENV, SYNTHETIC, TEACHER, assert_one_line_error, error_lines, log_of,
-                                    make_digits, run)
+from tests.launchers.common import (
+    BIN,
+    ENV,
+    SYNTHETIC,
+    TEACHER,
+    assert_one_line_error,
+    error_lines,
+    log_of,
+    make_digits,
+    run,
+)
 
 
 @pytest.mark.slow  # ~10 s of launcher subprocesses.
@@ -29,8 +38,15 @@ def test_missing_data_manifest(tmp_path):
 def test_unreachable_s3_endpoint(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"  # Nothing listens there.
     env = dict(ENV, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
-    proc = run(TEACHER + ["--data.url=s3://bucket/digits/manifest.json", f"--data.endpoint_url={endpoint}",
-                          f"--run_dir={tmp_path}/run"], env=env)
+    proc = run(
+        TEACHER
+        + [
+            "--data.url=s3://bucket/digits/manifest.json",
+            f"--data.endpoint_url={endpoint}",
+            f"--run_dir={tmp_path}/run",
+        ],
+        env=env,
+    )
     line = assert_one_line_error(proc, "error: cannot read s3://bucket/digits/manifest.json: the S3 endpoint")
     assert f"{endpoint} is unreachable" in line and "Fix: check data.endpoint_url" in line
 
@@ -56,15 +72,20 @@ def test_incompatible_checkpoint(tmp_path):
     first = run(args)
     assert first.returncode == 0, first.stderr[-3000:]
     proc = run(args + ["--train.total_nimg=128", "--optim.lr=0.02"])
-    line = assert_one_line_error(proc, f"error: {tmp_path}/run/checkpoints/ckpt-000000000064 was written with a "
-                                       "different configuration")
+    line = assert_one_line_error(
+        proc, f"error: {tmp_path}/run/checkpoints/ckpt-000000000064 was written with a different configuration"
+    )
     assert "optim.lr: 0.01 (checkpoint) -> 0.02 (now). Fix: resume with the checkpoint's values" in line
 
 
 @pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_unexpected_exception_keeps_its_traceback(tmp_path):
-    proc = run([sys.executable, "tests/launchers/inject.py", "0", "bug", "-1", "--"] + TEACHER[2:] + SYNTHETIC
-               + [f"--run_dir={tmp_path}/run", "--checkpoint.enabled=false"])
+    proc = run(
+        [sys.executable, "tests/launchers/inject.py", "0", "bug", "-1", "--"]
+        + TEACHER[2:]
+        + SYNTHETIC
+        + [f"--run_dir={tmp_path}/run", "--checkpoint.enabled=false"]
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback (most recent call last)" in proc.stderr and "ZeroDivisionError: injected bug" in proc.stderr
     assert error_lines(proc.stderr) == ["error: unexpected ZeroDivisionError: injected bug"]
@@ -72,8 +93,9 @@ def test_unexpected_exception_keeps_its_traceback(tmp_path):
 
 
 def _rank_env(rank: int, port: int) -> dict:
-    return dict(ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port))
+    return dict(
+        ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
 
 
 @pytest.mark.slow
@@ -81,10 +103,18 @@ def test_one_rank_fails_and_the_stuck_one_stops(tmp_path):
     """Rank 1 runs out of GPU memory; rank 0 is stuck outside any collective (as in a GPU wait). Started like
     `srun` starts tasks, with no launcher to kill the survivor: rank 0 must stop by itself, quietly."""
     port = free_port()
-    cmd = [sys.executable, "tests/launchers/inject.py", "1", "oom", "0", "--"] + TEACHER[2:] + SYNTHETIC + [
-        f"--run_dir={tmp_path}/run", "--checkpoint.enabled=false", "--train.total_nimg=100000"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=_rank_env(r, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in range(2)]
+    cmd = (
+        [sys.executable, "tests/launchers/inject.py", "1", "oom", "0", "--"]
+        + TEACHER[2:]
+        + SYNTHETIC
+        + [f"--run_dir={tmp_path}/run", "--checkpoint.enabled=false", "--train.total_nimg=100000"]
+    )
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=REPO, env=_rank_env(r, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
     try:
         out1, err1 = procs[1].communicate(timeout=240)
         failed_at = time.monotonic()
@@ -106,12 +136,17 @@ def test_one_rank_fails_and_the_stuck_one_stops(tmp_path):
 
 @pytest.mark.slow
 def test_a_failure_on_every_rank_is_printed_once(tmp_path):
-    proc = run([os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] + TEACHER[1:]
-               + SYNTHETIC + [f"--init={tmp_path}/missing.safetensors", f"--run_dir={tmp_path}/run"])
+    proc = run(
+        [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+        + TEACHER[1:]
+        + SYNTHETIC
+        + [f"--init={tmp_path}/missing.safetensors", f"--run_dir={tmp_path}/run"]
+    )
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert error_lines(proc.stdout + proc.stderr) == [
         f"error: network file not found: {tmp_path}/missing.safetensors. Fix: check the path, or create it with "
-        "tools/import_edm2.py (from an EDM2 pickle) or tools/export.py"]
+        "tools/import_edm2.py (from an EDM2 pickle) or tools/export.py"
+    ]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path / "run" / "logs")) == ["error-rank0.log", "error-rank1.log"]
 
@@ -120,13 +155,39 @@ def test_a_failure_on_every_rank_is_printed_once(tmp_path):
 def test_tools_report_one_line(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"
     env = dict(ENV, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
-    shards = run([sys.executable, "tools/make_shards.py", "--source", "sklearn-digits", "--out", "s3://bucket/digits",
-                  "--resolution", "8", "--pixels", "--num-shards", "2", "--endpoint-url", endpoint], env=env)
+    shards = run(
+        [
+            sys.executable,
+            "tools/make_shards.py",
+            "--source",
+            "sklearn-digits",
+            "--out",
+            "s3://bucket/digits",
+            "--resolution",
+            "8",
+            "--pixels",
+            "--num-shards",
+            "2",
+            "--endpoint-url",
+            endpoint,
+        ],
+        env=env,
+    )
     assert f"the S3 endpoint {endpoint} is unreachable" in assert_one_line_error(shards, "error: cannot write s3://")
     export = run([sys.executable, "tools/export.py", str(tmp_path), "--out", str(tmp_path / "net.safetensors")])
     assert_one_line_error(export, f"error: no complete checkpoint found at {tmp_path}")
-    evaluate = run([sys.executable, "launchers/evaluate.py", "--net", str(tmp_path / "missing.safetensors"), "--ref",
-                    str(tmp_path / "missing.pkl"), "--num-samples", "4"])
+    evaluate = run(
+        [
+            sys.executable,
+            "launchers/evaluate.py",
+            "--net",
+            str(tmp_path / "missing.safetensors"),
+            "--ref",
+            str(tmp_path / "missing.pkl"),
+            "--num-samples",
+            "4",
+        ]
+    )
     assert_one_line_error(evaluate, "error: ")
 
 
@@ -136,15 +197,17 @@ def test_dry_run_lists_every_problem_of_the_512_recipe():
     lines = proc.stderr.splitlines()
     start = lines.index("error: --dry-run found 2 problems this run would meet:")
     assert lines[start + 1].startswith("  1. init: pretrained/edm2-img512-s-2147483-0.130.safetensors does not exist")
-    assert lines[start + 2].startswith("  2. data.url: s3://YOUR-BUCKET/imagenet512-sdvae/manifest.json is a "
-                                       "placeholder")
+    assert lines[start + 2].startswith(
+        "  2. data.url: s3://YOUR-BUCKET/imagenet512-sdvae/manifest.json is a placeholder"
+    )
 
 
 @pytest.mark.slow  # ~10 s of launcher subprocesses.
 def test_dry_run_passes_when_everything_is_there(tmp_path):
     manifest = make_digits(str(tmp_path / "digits"))
-    proc = run(TEACHER + [f"--data.url={manifest}", f"--run_dir={tmp_path}/run", "--dry-run"],
-               env=dict(ENV, WORLD_SIZE="2"))
+    proc = run(
+        TEACHER + [f"--data.url={manifest}", f"--run_dir={tmp_path}/run", "--dry-run"], env=dict(ENV, WORLD_SIZE="2")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run: ok (data, run_dir, checkpoint.dir checked; 2 rank(s))" in proc.stdout
     assert not os.path.exists(tmp_path / "run")  # A dry run creates nothing.

@@ -12,8 +12,16 @@ from tests.conftest import REPO
 from tests.launchers.common import run
 
 
-@pytest.mark.parametrize("script", ["launchers/evaluate.py", "tools/fid_ref.py", "tools/search_tmid.py",
-                                    "tools/import_edm2.py", "tools/make_shards.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "launchers/evaluate.py",
+        "tools/fid_ref.py",
+        "tools/search_tmid.py",
+        "tools/import_edm2.py",
+        "tools/make_shards.py",
+    ],
+)
 def test_help_examples_keep_their_line_breaks(script):
     proc = run([sys.executable, script, "--help"], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,17 +20,47 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, "tools/make_shards.py", "--source", "sklearn-digits", "--out", str(out),
-                    "--resolution", "8", "--pixels", "--grayscale", "--num-shards", "4", "--limit", "512"],
-                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "tools/make_shards.py",
+            "--source",
+            "sklearn-digits",
+            "--out",
+            str(out),
+            "--resolution",
+            "8",
+            "--pixels",
+            "--grayscale",
+            "--num-shards",
+            "4",
+            "--limit",
+            "512",
+        ],
+        cwd=REPO,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return str(out / "manifest.json")
 
 
 def _args(digits, run_dir):
-    return ["launchers/train.py", "--config", "configs/demo-digits-teacher.yaml", "--train.batch_size=64",
-            "--train.batch_gpu=32", f"--data.url={digits}",
-            f"--run_dir={run_dir}", "--train.total_nimg=128", "--train.status_nimg=64", "--logging.sample_grid=0",
-            "--checkpoint.interval_nimg=128", "--data.num_workers=1"]
+    return [
+        "launchers/train.py",
+        "--config",
+        "configs/demo-digits-teacher.yaml",
+        "--train.batch_size=64",
+        "--train.batch_gpu=32",
+        f"--data.url={digits}",
+        f"--run_dir={run_dir}",
+        "--train.total_nimg=128",
+        "--train.status_nimg=64",
+        "--logging.sample_grid=0",
+        "--checkpoint.interval_nimg=128",
+        "--data.num_workers=1",
+    ]
 
 
 def _check_run(run_dir, ranks):
@@ -49,8 +79,10 @@ def _run(cmd, timeout=240):
 
 
 def test_deepspeed_launcher_one_node_two_processes(digits, tmp_path):
-    out = _run([os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
-               + _args(digits, tmp_path / "run"))
+    out = _run(
+        [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+        + _args(digits, tmp_path / "run")
+    )
     assert "64 = 32 x 1 rounds x 2 ranks" in out
     _check_run(tmp_path / "run", 2)
 
@@ -59,11 +91,29 @@ def test_deepspeed_launcher_two_simulated_nodes(digits, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     port = str(free_port())
-    base = [os.path.join(BIN, "deepspeed"), "--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "1",
-            "--no_ssh", "--master_addr", "127.0.0.1", "--master_port", port]
+    base = [
+        os.path.join(BIN, "deepspeed"),
+        "--hostfile",
+        str(hostfile),
+        "--num_nodes",
+        "2",
+        "--num_gpus",
+        "1",
+        "--no_ssh",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+    ]
     args = _args(digits, tmp_path / "run")
-    node1 = subprocess.Popen(base + ["--node_rank", "1"] + args, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    node1 = subprocess.Popen(
+        base + ["--node_rank", "1"] + args,
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         out = _run(base + ["--node_rank", "0"] + args)
         assert node1.wait(timeout=120) == 0, node1.stdout.read()[-3000:]
@@ -75,19 +125,33 @@ def test_deepspeed_launcher_two_simulated_nodes(digits, tmp_path):
 
 
 def test_torchrun(digits, tmp_path):
-    out = _run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2"] + _args(digits, tmp_path / "run"))
+    out = _run(
+        [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2"] + _args(digits, tmp_path / "run")
+    )
     assert "64 = 32 x 1 rounds x 2 ranks" in out
     _check_run(tmp_path / "run", 2)
 
 
 def test_bad_override_is_explained():
-    proc = subprocess.run([sys.executable, "launchers/train.py", "--config", "configs/demo-digits.yaml", "--ect.qq=3"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "launchers/train.py", "--config", "configs/demo-digits.yaml", "--ect.qq=3"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "ect.qq: unknown option. Did you mean 'q'?" in proc.stderr
 
 
 def test_dry_run_prints_resolved_config_and_deepspeed_json():
-    proc = subprocess.run([sys.executable, "launchers/train.py", "--config", "configs/ect-img512-xl.yaml", "--dry-run"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "launchers/train.py", "--config", "configs/ect-img512-xl.yaml", "--dry-run"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr  # The recipe's init file and bucket are placeholders (test_errors.py).
     assert "edm2-img512-xl" in proc.stdout and '"zero_optimization"' in proc.stdout

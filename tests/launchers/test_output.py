@@ -20,9 +20,17 @@ def session(tmp_path_factory):
     shard = root / "digits" / "shard-000002.tar"
     blob = shard.read_bytes()
     shard.write_bytes(blob[: len(blob) * 2 // 5])  # Truncated mid-sample: skipped and counted, training goes on.
-    args = TEACHER + [f"--data.url={manifest}", f"--run_dir={root}/run", "--train.total_nimg=256",
-                      "--train.status_nimg=64", "--train.slice_nimg=128", "--checkpoint.interval_nimg=128",
-                      "--logging.sample_grid=4", "--logging.progress=plain", "--data.num_workers=1"]
+    args = TEACHER + [
+        f"--data.url={manifest}",
+        f"--run_dir={root}/run",
+        "--train.total_nimg=256",
+        "--train.status_nimg=64",
+        "--train.slice_nimg=128",
+        "--checkpoint.interval_nimg=128",
+        "--logging.sample_grid=4",
+        "--logging.progress=plain",
+        "--data.num_workers=1",
+    ]
     first = run(args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     second = run(args)
@@ -51,8 +59,9 @@ def test_a_skipped_shard_is_named_and_counted(session):
 
 
 def test_the_resume_is_announced(session):
-    assert re.search(r"^data: exact resume at epoch 0, batch 4/\d+ \(1 ranks x 1 workers", session["second"].stdout,
-                     re.M)
+    assert re.search(
+        r"^data: exact resume at epoch 0, batch 4/\d+ \(1 ranks x 1 workers", session["second"].stdout, re.M
+    )
 
 
 def test_sample_grids_are_announced_once_per_export(session):
@@ -65,12 +74,18 @@ def test_the_end_of_the_run_says_what_was_done_and_where_it_is(session):
     run_dir = os.path.join(session["root"], "run")
     first, second = session["first"].stdout, session["second"].stdout
     assert "Stopped at 128 of 256 images: re-run the same command to continue." in first
-    lines = second[second.index("Finished: 256 images."):].splitlines()
-    assert re.match(r"Finished: 256 images\. This session: 128 images in 0:\d\d:\d\d \(\d+\.\d img/s\); training time "
-                    r"0:\d\d:\d\d in total; 0 skipped steps", lines[0])
-    assert lines[1:5] == [f"  EMAs         {run_dir}/ema  (power-0.100)", f"  samples      {run_dir}/samples",
-                          f"  TensorBoard  tensorboard --logdir {run_dir}/tensorboard",
-                          f"  checkpoints  {run_dir}/checkpoints"]
+    lines = second[second.index("Finished: 256 images.") :].splitlines()
+    assert re.match(
+        r"Finished: 256 images\. This session: 128 images in 0:\d\d:\d\d \(\d+\.\d img/s\); training time "
+        r"0:\d\d:\d\d in total; 0 skipped steps",
+        lines[0],
+    )
+    assert lines[1:5] == [
+        f"  EMAs         {run_dir}/ema  (power-0.100)",
+        f"  samples      {run_dir}/samples",
+        f"  TensorBoard  tensorboard --logdir {run_dir}/tensorboard",
+        f"  checkpoints  {run_dir}/checkpoints",
+    ]
 
 
 def test_files_are_readable_by_others_sharing_the_folders(session):
@@ -78,7 +93,7 @@ def test_files_are_readable_by_others_sharing_the_folders(session):
     os.umask(mask)
     file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
     checked = 0
-    for folder, dirs, files in os.walk(session["root"]):
+    for folder, _dirs, files in os.walk(session["root"]):
         if folder != str(session["root"]):  # pytest's own temporary folder is private.
             assert stat.S_IMODE(os.stat(folder).st_mode) == dir_mode, folder
         for name in files:

@@ -46,11 +46,22 @@ def _tree(root: int) -> dict[int, str]:
 @pytest.mark.parametrize("victim", ["ranks", "launcher"])
 def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
     manifest = make_digits(str(tmp_path / "digits"))
-    cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] + TEACHER[1:] + [
-        f"--data.url={manifest}", f"--run_dir={tmp_path}/run", "--train.total_nimg=10000000",
-        "--train.status_nimg=64", "--logging.progress=plain", "--data.num_workers=1", "--checkpoint.enabled=false"]
-    runner = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    cmd = (
+        [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+        + TEACHER[1:]
+        + [
+            f"--data.url={manifest}",
+            f"--run_dir={tmp_path}/run",
+            "--train.total_nimg=10000000",
+            "--train.status_nimg=64",
+            "--logging.progress=plain",
+            "--data.num_workers=1",
+            "--checkpoint.enabled=false",
+        ]
+    )
+    runner = subprocess.Popen(
+        cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     pids: dict[int, str] = {}
     try:
         for line in runner.stdout:  # Train until the first status line: workers, forkservers, trackers all up.
@@ -81,9 +92,17 @@ def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
 
 def test_two_single_process_runs_at_once_both_finish(tmp_path):
     env = {k: v for k, v in ENV.items() if k not in ("MASTER_PORT", "MASTER_ADDR")}
-    runs = [subprocess.Popen(TEACHER + SYNTHETIC + [f"--run_dir={tmp_path}/run{i}", "--checkpoint.enabled=false"],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(2)]
+    runs = [
+        subprocess.Popen(
+            TEACHER + SYNTHETIC + [f"--run_dir={tmp_path}/run{i}", "--checkpoint.enabled=false"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in runs]
     for p, (out, err) in zip(runs, outs):
         assert p.returncode == 0, out[-2000:] + err[-3000:]

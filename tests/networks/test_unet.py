@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ect_scale.config import NetworkConfig, from_dict
-from ect_scale.networks import PRESETS, TABLE6_MPARAMS, Block, Precond
+from ect_scale.config.presets import PRESETS, TABLE6_MPARAMS
+from ect_scale.networks import Block, Precond
 from ect_scale.networks.flops import count_params
 
 
@@ -20,13 +21,16 @@ def _meta_net(preset, **kw):
 
 
 def test_official_state_names_and_shapes_preset_s():
-    """Names and shapes follow the layer table of EDM2 (edm2.md §1.3) for preset S on 4x64x64 latents."""
+    """Names and shapes follow the layer table of EDM2 (NVlabs/edm2 training/networks_edm2.py, UNet; EDM2 Fig. 21) for
+    preset S on 4x64x64 latents."""
     net = _meta_net("edm2-img512-s")
     sd = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     expected = {
         "unet.out_gain": (),
-        "unet.emb_fourier.freqs": (192,), "unet.emb_fourier.phases": (192,),
-        "unet.emb_noise.weight": (768, 192), "unet.emb_label.weight": (768, 1000),
+        "unet.emb_fourier.freqs": (192,),
+        "unet.emb_fourier.phases": (192,),
+        "unet.emb_noise.weight": (768, 192),
+        "unet.emb_label.weight": (768, 1000),
         "unet.enc.64x64_conv.weight": (192, 5, 3, 3),
         "unet.enc.64x64_block0.conv_res0.weight": (192, 192, 3, 3),
         "unet.enc.32x32_down.emb_gain": (),
@@ -40,7 +44,8 @@ def test_official_state_names_and_shapes_preset_s():
         "unet.dec.16x16_block0.conv_skip.weight": (576, 1344, 1, 1),
         "unet.dec.64x64_block3.conv_res0.weight": (192, 384, 3, 3),
         "unet.out_conv.weight": (4, 192, 3, 3),
-        "logvar_fourier.freqs": (128,), "logvar_linear.weight": (1, 128),
+        "logvar_fourier.freqs": (128,),
+        "logvar_linear.weight": (1, 128),
     }
     for k, shape in expected.items():
         assert sd.get(k) == shape, k

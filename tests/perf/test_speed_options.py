@@ -9,7 +9,7 @@ import torch
 
 from ect_scale.config import ECTConfig
 from ect_scale.ect import ECTLoss
-from ect_scale.prefetch import DevicePrefetcher
+from ect_scale.train.prefetch import DevicePrefetcher
 from tests.engine.common import ListStream
 
 
@@ -75,14 +75,16 @@ def test_compile_matches_eager_and_keeps_masks_shared(setup):
 def test_fused_adam_matches_foreach_adam(setup):
     net, x0, masks = setup
     nets = [copy.deepcopy(net), copy.deepcopy(net)]
-    opts = [torch.optim.Adam(nets[0].parameters(), lr=1e-2, betas=(0.9, 0.99), foreach=True),
-            torch.optim.Adam(nets[1].parameters(), lr=1e-2, betas=(0.9, 0.99), fused=True)]
+    opts = [
+        torch.optim.Adam(nets[0].parameters(), lr=1e-2, betas=(0.9, 0.99), foreach=True),
+        torch.optim.Adam(nets[1].parameters(), lr=1e-2, betas=(0.9, 0.99), fused=True),
+    ]
     for step in range(3):
         for n, o in zip(nets, opts):
             _loss_and_grads(n, x0, masks, seed=step)
             o.step()
     for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_prefetcher_state_counts_consumed_batches_only():

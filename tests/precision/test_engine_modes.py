@@ -14,12 +14,13 @@ pytestmark = pytest.mark.slow
 
 
 def _worker(rank, world_size, stage, precision, extra, init_scale=None):
-    from ect_scale import dist
-    from ect_scale.engine import Engine
+    from ect_scale.engine.group import init_process_group
+    from ect_scale.engine.zero import Engine
+    from ect_scale.runtime import dist
 
-    dist.init()
+    init_process_group()
     cfg = tiny_cfg(stage, precision, **extra)
-    engine = Engine(cfg, initial_net(cfg))
+    engine = Engine(initial_net(cfg), cfg.engine, cfg.optim, cfg.train)
     if init_scale is not None:
         engine.scaler.scale = init_scale
     engine.module.train()
@@ -37,9 +38,15 @@ def _worker(rank, world_size, stage, precision, extra, init_scale=None):
         t = torch.tensor([local])
         dist.all_reduce_(t)
         losses.append(float(t) / world_size)
-    return {"state": _state(engine, rank), "losses": losses,
-            "norms": norms, "applied": applied, "scales": scales, "wn_err": engine.master.max_row_norm_error(),
-            "module_dtype": str(engine.module.compute_dtype)}
+    return {
+        "state": _state(engine, rank),
+        "losses": losses,
+        "norms": norms,
+        "applied": applied,
+        "scales": scales,
+        "wn_err": engine.master.max_row_norm_error(),
+        "module_dtype": str(engine.module.compute_dtype),
+    }
 
 
 def _state(engine, rank):
@@ -111,17 +118,25 @@ def test_tf32_mode_is_fp32_on_cpu_and_matches_reference():
     assert _update_error(r0["state"], ref_state, tiny_cfg(1, "fp32")) < 1e-3  # fp32 reduction-order noise only.
 
 
-
 def _schedule_run(rank, world_size, run_dir, slice_nimg):
     import io
     from contextlib import redirect_stdout
 
-    from ect_scale.trainer import Trainer
+    from ect_scale.train.trainer import Trainer
     from tests.engine.common import ListStream
 
-    extra = {"checkpoint.interval_nimg": 16, "train.total_nimg": 32, "train.status_nimg": 8, "ema.export_nimg": 0,
-             "logging.progress": "plain", "ect.stage_nimg": 16, "engine.precision_schedule": "[1:fp16]",
-             "train.slice_nimg": slice_nimg, "engine.loss_scale_window_nimg": 8, "run_dir": run_dir}
+    extra = {
+        "checkpoint.interval_nimg": 16,
+        "train.total_nimg": 32,
+        "train.status_nimg": 8,
+        "ema.export_nimg": 0,
+        "logging.progress": "plain",
+        "ect.stage_nimg": 16,
+        "engine.precision_schedule": "[1:fp16]",
+        "train.slice_nimg": slice_nimg,
+        "engine.loss_scale_window_nimg": 8,
+        "run_dir": run_dir,
+    }
     cfg = tiny_cfg(1, "bf16", batch_size=8, batch_gpu=4, **extra)
     out = io.StringIO()
     with redirect_stdout(out):
@@ -130,8 +145,13 @@ def _schedule_run(rank, world_size, run_dir, slice_nimg):
             trainer.engine.scaler.scale = 2.0**6  # The tiny net overflows at 2^16; start where it does not.
         start = trainer.engine.scaler.state_dict()
         state = trainer.run()
-    return {"log": out.getvalue(), "mode": trainer.engine.mode, "scaler": trainer.engine.scaler.state_dict(),
-            "start": start, "state": state.state_dict()}
+    return {
+        "log": out.getvalue(),
+        "mode": trainer.engine.mode,
+        "scaler": trainer.engine.scaler.state_dict(),
+        "start": start,
+        "state": state.state_dict(),
+    }
 
 
 def test_schedule_switches_logs_and_resumes(tmp_path):

@@ -11,18 +11,22 @@ from tests.engine.common import initial_net, micro_loss, tiny_cfg
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 STEPS = 4
-FAST = {"engine.compile": "true", "engine.compile_mode": "reduce-overhead", "engine.channels_last": "true",
-        "network.attention": "sdpa"}
+FAST = {
+    "engine.compile": "true",
+    "engine.compile_mode": "reduce-overhead",
+    "engine.channels_last": "true",
+    "network.attention": "sdpa",
+}
 
 
 def _engine(mode: str, fast: bool, tmp_path, **extra):
-    from ect_scale import dist
-    from ect_scale.engine import Engine
+    from ect_scale.engine.group import init_process_group
+    from ect_scale.engine.zero import Engine
 
-    dist.init()
+    init_process_group()
     extra = dict(FAST if fast else {}, run_dir=str(tmp_path / mode), **extra)
     cfg = tiny_cfg(1, mode, batch_size=8, batch_gpu=8, **extra)
-    engine = Engine(cfg, initial_net(cfg).cuda())
+    engine = Engine(initial_net(cfg).cuda(), cfg.engine, cfg.optim, cfg.train)
     engine.module.train()
     return engine, cfg
 
@@ -66,7 +70,7 @@ def test_compiled_modes_track_fp32(tmp_path):
 
 def test_compiled_fp16_dynamic_loss_scale_recovers_from_overflow(tmp_path):
     engine, cfg = _engine("fp16", True, tmp_path)
-    assert engine.scaler.scale == 2.0 ** 16
+    assert engine.scaler.scale == 2.0**16
     applied = [_step(engine, cfg, step, True)[1].applied for step in range(24)]
     print("applied:", applied, "scale:", engine.scaler.scale)
     first = applied.index(True)  # Raises if no step ever applied.

@@ -7,27 +7,39 @@ import pytest
 import torch
 
 from ect_scale.config import ConfigError, ECTConfig, load_config
-from ect_scale.precision import COMPUTE_DTYPE, LossScaler, mode_at, precision_mode
-from ect_scale.precision_report import format_table, last_stage_summary, report
-from ect_scale.rounding import measure
+from ect_scale.precision.modes import COMPUTE_DTYPE, LossScaler, mode_at, precision_mode
+from ect_scale.precision.report import format_table, last_stage_summary, report
+from ect_scale.precision.rounding import measure
 
 URL = ["--data.kind=synthetic"]
 
 
 def test_schedule_switches_at_stage_boundaries_only():
-    cfg = load_config(None, URL + ["--engine.precision=bf16", "--engine.precision_schedule=[2:fp16, 3:tf32]",
-                                   "--ect.stage_nimg=1000"])
-    assert [mode_at(n, cfg) for n in (0, 999, 1000, 1999, 2000, 2999, 3000, 10**9)] == \
-        ["bf16", "bf16", "bf16", "bf16", "fp16", "fp16", "tf32", "tf32"]
+    cfg = load_config(
+        None, URL + ["--engine.precision=bf16", "--engine.precision_schedule=[2:fp16, 3:tf32]", "--ect.stage_nimg=1000"]
+    )
+    assert [mode_at(n, cfg.engine, cfg.ect) for n in (0, 999, 1000, 1999, 2000, 2999, 3000, 10**9)] == [
+        "bf16",
+        "bf16",
+        "bf16",
+        "bf16",
+        "fp16",
+        "fp16",
+        "tf32",
+        "tf32",
+    ]
     assert cfg.engine.modes_used() == ["bf16", "fp16", "tf32"]
     assert cfg.engine.resolved_param_dtype() == "bf16"  # A bf16/fp16 mode is used: the bf16 parameter copy.
     assert load_config(None, URL + ["--engine.precision=tf32"]).engine.resolved_param_dtype() == "fp32"
-    assert load_config(None, URL + ["--engine.precision=fp16", "--engine.param_dtype=fp32"]) \
-        .engine.resolved_param_dtype() == "fp32"
+    assert (
+        load_config(None, URL + ["--engine.precision=fp16", "--engine.param_dtype=fp32"]).engine.resolved_param_dtype()
+        == "fp32"
+    )
 
 
-@pytest.mark.parametrize("bad,match", [("[2:fp8]", "cannot parse"), ("[3:bf16, 1:fp16]", "increase strictly"),
-                                       ("[fp16]", "cannot parse")])
+@pytest.mark.parametrize(
+    "bad,match", [("[2:fp8]", "cannot parse"), ("[3:bf16, 1:fp16]", "increase strictly"), ("[fp16]", "cannot parse")]
+)
 def test_schedule_errors_name_the_option_and_fix(bad, match):
     with pytest.raises(ConfigError, match=rf"engine\.precision_schedule: .*{match}.*Fix:"):
         load_config(None, URL + [f"--engine.precision_schedule={bad}"])
@@ -84,8 +96,17 @@ def test_report_rows_per_stage_and_summary(tiny_net):
     net = tiny_net(seed=1, dropout=0.2, dropout_res=8).train().requires_grad_(True)
     ect = ECTConfig(q=4, stage_nimg=100, P_mean=0.0, P_std=1.0, c=0.01)
     x0, labels = torch.randn(4, 4, 16, 16) * 0.5, torch.randint(10, (4,))
-    result = report(net, x0, labels, ect, stages=[0, 3], t_grid=[0.2, 2.0], modes=["fp16", "bf16", "fp16@bf16"],
-                    grads=True, grad_batches=[(x0, labels), (torch.randn(4, 4, 16, 16) * 0.5, labels)])
+    result = report(
+        net,
+        x0,
+        labels,
+        ect,
+        stages=[0, 3],
+        t_grid=[0.2, 2.0],
+        modes=["fp16", "bf16", "fp16@bf16"],
+        grads=True,
+        grad_batches=[(x0, labels), (torch.randn(4, 4, 16, 16) * 0.5, labels)],
+    )
     stages = sorted({r["stage"] for r in result["rows"]})
     assert stages == [0, 3]  # At stage 0 and t = 0.2, r = 0 (target x0): no row.
     assert len([r for r in result["rows"] if r["stage"] == 0]) == 1

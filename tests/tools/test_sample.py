@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ect_scale.netfile import save_network_file
+from ect_scale.networks.netfile import save_network_file
 from tests.conftest import REPO
 
 
@@ -28,18 +28,41 @@ def net_file(tmp_path, tiny_config):
 
 
 def _sample(*args):
-    proc = subprocess.run([sys.executable, "tools/sample.py", *args, "--device", "cpu"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "tools/sample.py", *args, "--device", "cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc
 
 
 def test_grid_npz_and_per_seed_determinism(net_file, tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    proc = _sample("--net", net_file, "--steps", "2", "--t-mid", "1.5", "--seeds", "0-5", "--npz", str(a),
-                   "--grid", str(tmp_path / "g.png"), "--batch", "4")
+    proc = _sample(
+        "--net",
+        net_file,
+        "--steps",
+        "2",
+        "--t-mid",
+        "1.5",
+        "--seeds",
+        "0-5",
+        "--npz",
+        str(a),
+        "--grid",
+        str(tmp_path / "g.png"),
+        "--batch",
+        "4",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _sample("--net", net_file, "--steps", "2", "--t-mid", "1.5", "--seeds", "3-8", "--npz", str(b),
-                   "--batch", "2").returncode == 0
+    assert (
+        _sample(
+            "--net", net_file, "--steps", "2", "--t-mid", "1.5", "--seeds", "3-8", "--npz", str(b), "--batch", "2"
+        ).returncode
+        == 0
+    )
     da, db = np.load(a), np.load(b)
     assert da["images"].shape == (6, 8, 8, 3) and da["images"].dtype == np.uint8  # Grayscale decodes to RGB.
     assert list(da["seeds"]) == [0, 1, 2, 3, 4, 5]
@@ -55,8 +78,20 @@ def test_grid_npz_and_per_seed_determinism(net_file, tmp_path):
 
 def test_fixed_classes_per_row_and_heun(net_file, tmp_path):
     out = tmp_path / "c.npz"
-    proc = _sample("--net", net_file, "--sampler", "euler", "--heun-steps", "3", "--classes", "2-4",
-                   "--per-class", "2", "--npz", str(out))
+    proc = _sample(
+        "--net",
+        net_file,
+        "--sampler",
+        "euler",
+        "--heun-steps",
+        "3",
+        "--classes",
+        "2-4",
+        "--per-class",
+        "2",
+        "--npz",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = np.load(out)
     assert list(data["labels"]) == [2, 2, 3, 3, 4, 4] and data["images"].shape[0] == 6

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fas
 def test_ect_two_step_beats_teacher_two_step():
     res = run_toy()
     print(res)
-    assert res.swd_teacher_heun32 < 0.06            # The teacher itself is good with many steps.
-    assert res.swd_ect_2step < 0.15                 # ECT 2-step is close to the data ...
+    assert res.swd_teacher_heun32 < 0.06  # The teacher itself is good with many steps.
+    assert res.swd_ect_2step < 0.15  # ECT 2-step is close to the data ...
     assert res.swd_ect_2step < 0.3 * res.swd_teacher_euler2  # ... far closer than the teacher at 2 NFE ...
     assert res.swd_ect_2step < 0.01 * res.swd_teacher_heun2  # ... and than its 2-step Heun (3 NFE).
     assert res.swd_ect_1step < 0.5 * res.swd_teacher_euler2

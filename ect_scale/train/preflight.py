@@ -24,8 +24,8 @@ from ect_scale.data.manifest import load_manifest
 from ect_scale.data.order import Layout
 from ect_scale.data.storage import StorageOptions, describe_error, filesystem, join, local_path, protocol_of
 from ect_scale.data.stream import check_layout
-from ect_scale.errors import UserError, user_error_of
-from ect_scale.netfile import check_compatible, read_network_header
+from ect_scale.networks.netfile import check_compatible, read_network_header
+from ect_scale.runtime.errors import UserError, user_error_of
 
 PLACEHOLDER = re.compile(r"(?i)\byour[-_][a-z0-9]|<[^<>\s]+>")
 
@@ -34,8 +34,10 @@ def check_run(cfg: Config, world_size: int = 1) -> list[str]:
     """Every problem found (see the module docstring); an empty list means the run can start."""
     placeholders = dict(placeholder_problems(cfg))
     checks: list[tuple[str, Callable[[], Optional[str]]]] = [
-        ("init", lambda: _init(cfg)), ("data.url", lambda: _data(cfg, world_size)),
-        ("run_dir", lambda: _writable("run_dir", cfg.run_dir))]
+        ("init", lambda: _init(cfg)),
+        ("data.url", lambda: _data(cfg, world_size)),
+        ("run_dir", lambda: _writable("run_dir", cfg.run_dir)),
+    ]
     if cfg.checkpoint.enabled:
         folder = cfg.checkpoint.dir or os.path.join(cfg.run_dir, "checkpoints")
         checks.append(("checkpoint.dir", lambda: _writable("checkpoint.dir", folder)))
@@ -48,13 +50,36 @@ def check_run(cfg: Config, world_size: int = 1) -> list[str]:
     return problems + list(placeholders.values())
 
 
+def unread_sections(cfg: Config) -> tuple[str, ...]:
+    """Option prefixes this run never reads, so a placeholder left there is harmless: the data location of a
+    synthetic-data run, the checkpoint folder of a run without checkpoints, the evaluation files of a run without
+    in-loop evaluation."""
+    unread = []
+    if cfg.data.kind == "synthetic":
+        unread += ["data.url", "data.endpoint_url", "data.vae"]
+    if not cfg.checkpoint.enabled:
+        unread.append("checkpoint.")
+    if cfg.eval.interval_nimg == 0:
+        unread.append("eval.")
+    return tuple(unread)
+
+
 def placeholder_problems(cfg: Config) -> list[tuple[str, str]]:
-    """(option, problem) for every option whose value is a template placeholder such as `s3://YOUR-BUCKET/...`."""
+    """(option, problem) for every option the run reads whose value is a template placeholder such as
+    `s3://YOUR-BUCKET/...`."""
     out = []
+    unread = unread_sections(cfg)
     for option, value in _flat(to_dict(cfg)):
+        if option.startswith(unread):
+            continue
         if isinstance(value, str) and PLACEHOLDER.search(value):
-            out.append((option, f"{option}: {value} is a placeholder from the recipe. Fix: set it to your own "
-                                f"location (--{option}=... or in the YAML)"))
+            out.append(
+                (
+                    option,
+                    f"{option}: {value} is a placeholder from the recipe. Fix: set it to your own "
+                    f"location (--{option}=... or in the YAML)",
+                )
+            )
     return out
 
 
@@ -98,9 +123,17 @@ def _data(cfg: Config, world_size: int) -> Optional[str]:
     try:
         manifest = load_manifest(data.url, StorageOptions.from_config(data).resolved().fast_fail())
         manifest.check_fits(cfg.network)
-        check_layout(manifest, Layout(seed=cfg.train.seed, world_size=world_size, num_workers=data.num_workers,
-                                      batch_gpu=cfg.train.batch_gpu, shuffle_buffer=data.shuffle_buffer,
-                                      shard_counts=tuple(s.num_samples for s in manifest.shards)))
+        check_layout(
+            manifest,
+            Layout(
+                seed=cfg.train.seed,
+                world_size=world_size,
+                num_workers=data.num_workers,
+                batch_gpu=cfg.train.batch_gpu,
+                shuffle_buffer=data.shuffle_buffer,
+                shard_counts=tuple(s.num_samples for s in manifest.shards),
+            ),
+        )
     except Exception as e:  # noqa: BLE001
         return _describe("data.url", e, data.url)
     return None
@@ -152,7 +185,10 @@ def _eval_files(cfg: Config) -> list[tuple[str, str]]:
     e = cfg.eval
     if e.interval_nimg <= 0:
         return []
-    files = [("eval.ref_stats", e.ref_stats), ("eval.inception_path", e.inception_path if "fid" in e.metrics else None),
-             ("eval.dinov2_repo", e.dinov2_repo if "fd_dinov2" in e.metrics else None),
-             ("eval.dinov2_path", e.dinov2_path if "fd_dinov2" in e.metrics else None)]
+    files = [
+        ("eval.ref_stats", e.ref_stats),
+        ("eval.inception_path", e.inception_path if "fid" in e.metrics else None),
+        ("eval.dinov2_repo", e.dinov2_repo if "fd_dinov2" in e.metrics else None),
+        ("eval.dinov2_path", e.dinov2_path if "fd_dinov2" in e.metrics else None),
+    ]
     return [(option, path) for option, path in files if path]

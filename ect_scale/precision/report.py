@@ -19,7 +19,7 @@ import torch
 from ect_scale.config import ECTConfig
 from ect_scale.ect import ECTLoss
 from ect_scale.ect.schedules import t_to_r
-from ect_scale.rounding import gradient_noise, measure
+from ect_scale.precision.rounding import gradient_noise, measure
 
 
 def stage_count(cfg_ect: ECTConfig, total_nimg: Optional[int]) -> int:
@@ -35,9 +35,18 @@ def bf16_weights(net: torch.nn.Module) -> torch.nn.Module:
     return out
 
 
-def report(net, x0: torch.Tensor, labels, ect: ECTConfig, stages: Sequence[int], t_grid: Sequence[float],
-           modes: Sequence[str], grads: bool = False, grad_batches: Optional[list] = None,
-           compiled: bool = False) -> dict:
+def report(
+    net,
+    x0: torch.Tensor,
+    labels,
+    ect: ECTConfig,
+    stages: Sequence[int],
+    t_grid: Sequence[float],
+    modes: Sequence[str],
+    grads: bool = False,
+    grad_batches: Optional[list] = None,
+    compiled: bool = False,
+) -> dict:
     """Rows {stage, dt_over_t, t, r, signal, c, errors{mode}, ratios{mode}} and per-stage gradient noise (the
     gradients are measured eagerly)."""
     nets = {m: bf16_weights(net) for m in modes if m.endswith("@bf16")}
@@ -52,9 +61,18 @@ def report(net, x0: torch.Tensor, labels, ect: ECTConfig, stages: Sequence[int],
             if r <= 0:
                 continue  # The target is x0 itself: nothing to round.
             stats = measure(net, x0, labels, t, r, modes, masks=masks, nets=nets)
-            rows.append({"stage": stage, "dt_over_t": 1 - r / t, "t": float(t), "r": r, "signal": stats[0].signal,
-                         "c": ect.c, "errors": {s.mode: s.error for s in stats},
-                         "ratios": {s.mode: s.ratio for s in stats}})
+            rows.append(
+                {
+                    "stage": stage,
+                    "dt_over_t": 1 - r / t,
+                    "t": float(t),
+                    "r": r,
+                    "signal": stats[0].signal,
+                    "c": ect.c,
+                    "errors": {s.mode: s.error for s in stats},
+                    "ratios": {s.mode: s.ratio for s in stats},
+                }
+            )
         if grads:
             plain = [m for m in modes if "@" not in m]
             noise = gradient_noise(net, ECTLoss(ect), grad_batches or [(x0, labels)], nimg, plain)
@@ -77,7 +95,9 @@ def last_stage_summary(result: dict, reference_mode: str = "tf32") -> dict[str, 
 def format_table(result: dict) -> str:
     """A fixed-width table: one row per (stage, t), error and error/signal per mode."""
     modes = result["modes"]
-    head = f"{'stage':>5} {'dt/t':>9} {'t':>7} {'signal':>9} {'c':>7}" + "".join(f" {m + ' err (x sig)':>22}" for m in modes)
+    head = f"{'stage':>5} {'dt/t':>9} {'t':>7} {'signal':>9} {'c':>7}" + "".join(
+        f" {m + ' err (x sig)':>22}" for m in modes
+    )
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         cells = "".join(f" {r['errors'][m]:>11.4g} ({r['ratios'][m]:>7.3f})" for m in modes)

@@ -18,10 +18,16 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ect_scale.ema import exp_to_std, std_to_exp
+from ect_scale.engine.ema import exp_to_std, std_to_exp
 
-__all__ = ["power_function_correlation", "solve_posthoc_coefficients", "profile_error", "combine",
-           "std_to_exp", "exp_to_std"]
+__all__ = [
+    "power_function_correlation",
+    "solve_posthoc_coefficients",
+    "profile_error",
+    "combine",
+    "std_to_exp",
+    "exp_to_std",
+]
 
 
 def _exps(stds) -> np.ndarray:
@@ -37,7 +43,7 @@ def power_function_correlation(a_ofs, a_std, b_ofs, b_std) -> np.ndarray:
     t_ratio = a_ofs / b_ofs
     t_exp = np.where(a_ofs < b_ofs, b_exp, -a_exp)
     t_max = np.maximum(a_ofs, b_ofs)
-    return (a_exp + 1) * (b_exp + 1) * t_ratio ** t_exp / ((a_exp + b_exp + 1) * t_max)
+    return (a_exp + 1) * (b_exp + 1) * t_ratio**t_exp / ((a_exp + b_exp + 1) * t_max)
 
 
 def _gram(in_ofs: np.ndarray, in_std: np.ndarray, out_ofs: np.ndarray, out_std: np.ndarray):
@@ -46,8 +52,9 @@ def _gram(in_ofs: np.ndarray, in_std: np.ndarray, out_ofs: np.ndarray, out_std: 
     return A, B
 
 
-def solve_posthoc_coefficients(in_ofs: Sequence[float], in_std: Sequence[float], out_ofs: Sequence[float],
-                               out_std: Sequence[float]) -> np.ndarray:
+def solve_posthoc_coefficients(
+    in_ofs: Sequence[float], in_std: Sequence[float], out_ofs: Sequence[float], out_std: Sequence[float]
+) -> np.ndarray:
     """Weights X [n_in, n_out] with theta_out_k = sum_i X[i, k] theta_i (EDM2 Alg. 3): solve A X = B, then
     normalise every column to sum 1. Times are images seen (> 0); stds are sigma_rel in (0, 12^-0.5)."""
     in_ofs, in_std = np.asarray(in_ofs, np.float64), np.asarray(in_std, np.float64)
@@ -61,8 +68,9 @@ def solve_posthoc_coefficients(in_ofs: Sequence[float], in_std: Sequence[float],
     return X / X.sum(axis=0, keepdims=True)
 
 
-def profile_error(in_ofs: Sequence[float], in_std: Sequence[float], out_ofs: Sequence[float],
-                  out_std: Sequence[float], X: np.ndarray) -> np.ndarray:
+def profile_error(
+    in_ofs: Sequence[float], in_std: Sequence[float], out_ofs: Sequence[float], out_std: Sequence[float], X: np.ndarray
+) -> np.ndarray:
     """Relative L2 error of the reconstructed averaging profile, per output:
         ||sum_i x_i p_i - p_out|| / ||p_out|| = sqrt(x'Ax - 2 x'b + c) / sqrt(c),  c = <p_out, p_out>.
     Independent of the network: it says how well the snapshots can express the requested EMA."""
@@ -74,8 +82,9 @@ def profile_error(in_ofs: Sequence[float], in_std: Sequence[float], out_ofs: Seq
     return np.sqrt(np.maximum(sq, 0.0) / c)
 
 
-def combine(states: Iterable[dict[str, torch.Tensor]], coefs: np.ndarray,
-            copy_keys: Iterable[str] = ()) -> Iterator[dict[str, torch.Tensor]]:
+def combine(
+    states: Iterable[dict[str, torch.Tensor]], coefs: np.ndarray, copy_keys: Iterable[str] = ()
+) -> Iterator[dict[str, torch.Tensor]]:
     """sum_i coefs[i, k] * state_i for every output k, streaming over the inputs once (one input in memory at a
     time, fp32 accumulators). Non-floating tensors and `copy_keys` (buffers, equal in every snapshot) are taken
     from the first input. Yields the outputs in order."""
@@ -86,8 +95,14 @@ def combine(states: Iterable[dict[str, torch.Tensor]], coefs: np.ndarray,
     for i, state in enumerate(states):
         if i == 0:
             first = state
-            outs = [{k: torch.zeros_like(v, dtype=torch.float32) for k, v in state.items()
-                     if v.is_floating_point() and k not in copy_keys} for _ in range(coefs.shape[1])]
+            outs = [
+                {
+                    k: torch.zeros_like(v, dtype=torch.float32)
+                    for k, v in state.items()
+                    if v.is_floating_point() and k not in copy_keys
+                }
+                for _ in range(coefs.shape[1])
+            ]
         for k, out in enumerate(outs):
             w = float(coefs[i, k])
             for name, acc in out.items():

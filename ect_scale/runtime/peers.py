@@ -8,7 +8,7 @@ A watcher also stops its rank when the store is unreachable for several seconds 
 Every rank that learns of the failure acknowledges it, and the failing rank waits for those acknowledgements (a
 few seconds at most, `wait_for_acks`) before it leaves: when it hosts the store, leaving takes the store along.
 
-Only entry points opt in (`enable()`, from `ect_scale.entry`): library use and tests never get a watcher. The
+Only entry points opt in (`enable()`, from `ect_scale.runtime.entry`): library use and tests never get a watcher. The
 watch starts when the process group is up (`dist.init` / `dist.init_from_env` call `start()`) and must be
 stopped before an orderly shutdown (`dist.shutdown` calls `stop()` before its barrier), so that ranks leaving
 normally are never mistaken for failures.
@@ -26,7 +26,7 @@ from typing import Callable, Optional
 KEY = "ect_scale/first_failure"
 ACKS = "ect_scale/failure_acks"
 POLL_S = 1.0
-STORE_MISSES = 5        # Consecutive failed polls (about 5 s) before the store counts as gone.
+STORE_MISSES = 5  # Consecutive failed polls (about 5 s) before the store counts as gone.
 NON_ZERO_GRACE_S = 2.0  # A failing rank other than 0 waits this long for rank 0 to report the same failure.
 
 _enabled = False

@@ -5,8 +5,9 @@ What it adds to a plain `deepspeed.initialize`:
     after Adam updates a partition and before DeepSpeed copies it to the bf16 parameters and all-gathers them:
     no extra gather, one all-reduce of per-row norms (`master.MasterWeights`);
   * a non-finite guard: a step is skipped on every rank when any rank's loss was not finite or the global
-    gradient norm is not finite (bf16 ZeRO-1/2 has no overflow check of its own; `systems.md` §1.7);
-  * precision modes (`ect_scale.precision`): the U-Net's compute dtype and TF32 are set per mode, the parameter
+    gradient norm is not finite (bf16 ZeRO-1/2 has no overflow check of its own: deepspeed `runtime/utils.py`
+    get_global_norm masks a non-finite norm to -1);
+  * precision modes (`ect_scale.precision.modes`): the U-Net's compute dtype and TF32 are set per mode, the parameter
     copy is bf16 or fp32 (`engine.param_dtype`), and fp16 compute runs with dynamic loss scaling: the loss is
     scaled before backward and the gradients are unscaled (and clipped) inside the step hook, on every stage;
   * the pretrained fp32 weights are written into the fp32 master copy (DeepSpeed would otherwise start from the
@@ -25,34 +26,46 @@ from typing import Optional
 
 import torch
 
-from ect_scale import dist
-from ect_scale.config import Config
-from ect_scale.master import MasterWeights, _key
+from ect_scale.config import EngineConfig, OptimConfig, TrainLoopConfig
+from ect_scale.config.base import merge_dicts
+from ect_scale.engine.master import MasterWeights, storage_key
 from ect_scale.networks.layers import MPFourier
-from ect_scale.precision import COMPUTE_DTYPE, LossScaler, set_tf32
+from ect_scale.precision.modes import COMPUTE_DTYPE, LossScaler, set_tf32
+from ect_scale.runtime import dist
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
-    """The DeepSpeed JSON for this run (printed at startup; see `systems.md` §1.2)."""
-    e, o = cfg.engine, cfg.optim
-    rounds = cfg.train.accumulation_rounds(world_size)
+def deepspeed_config(e: EngineConfig, o: OptimConfig, train: TrainLoopConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON for this run (printed at startup; keys as in deepspeed 0.19.8 `runtime/config.py` and
+    `runtime/zero/config.py`)."""
+    rounds = train.accumulation_rounds(world_size)
     bf16 = e.resolved_param_dtype() == "bf16"
     on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     zero: dict = {"stage": e.zero_stage}
     if e.zero_stage > 0:
-        zero.update(overlap_comm=e.overlap_comm and on_gpu, contiguous_gradients=True, reduce_scatter=True,
-                    reduce_bucket_size=int(e.reduce_bucket_size), allgather_bucket_size=int(e.reduce_bucket_size))
+        zero.update(
+            overlap_comm=e.overlap_comm and on_gpu,
+            contiguous_gradients=True,
+            reduce_scatter=True,
+            reduce_bucket_size=int(e.reduce_bucket_size),
+            allgather_bucket_size=int(e.reduce_bucket_size),
+        )
     if e.zero_stage == 3:
         zero.update(stage3_param_persistence_threshold=int(1e5), stage3_prefetch_bucket_size=int(5e7))
     if e.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
-    adam = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
-            "adam_w_mode": False, "torch_adam": True}  # Plain Adam (DeepSpeed's "Adam" means AdamW otherwise).
+    adam = {
+        "lr": o.lr,
+        "betas": list(o.betas),
+        "eps": o.eps,
+        "weight_decay": o.weight_decay,
+        "adam_w_mode": False,
+        "torch_adam": True,
+    }  # Plain Adam (DeepSpeed's "Adam" means AdamW otherwise).
     if on_gpu and e.offload_optimizer == "none":
         adam["fused"] = True
     config = {
-        "train_batch_size": cfg.train.batch_size,
-        "train_micro_batch_size_per_gpu": cfg.train.batch_gpu,
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.batch_gpu,
         "gradient_accumulation_steps": rounds,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
@@ -84,30 +97,6 @@ def build_loss_scaler(engine_cfg) -> Optional[LossScaler]:
     return LossScaler(init_scale=float(engine_cfg.loss_scale), dynamic=False)
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def setup_compile_cache(cfg: Config):
-    """Point inductor's (and Triton's) cache at a folder that survives restarts: a resumed or re-launched run then
-    loads the compiled kernels instead of compiling again. Returns the folder (None = torch's default)."""
-    if not cfg.engine.compile or cfg.engine.compile_cache_dir is None:
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:  # The user's choice wins.
-        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-    path = cfg.engine.compile_cache_dir
-    if path == "auto":
-        path = os.path.join(cfg.run_dir, "compile_cache")
-    if "://" in path:
-        return None  # Object storage cannot hold a compile cache; keep torch's default.
-    os.makedirs(path, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(path)
-    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-
-
 def _promote_scalars(net: torch.nn.Module) -> None:
     """0-dim parameters (EDM2's gains) become shape [1]: deepspeed 0.19.8 cannot broadcast 0-dim tensors
     (`p.data.view(torch.uint8)`). Broadcasting makes this invisible to the network; exports restore the shape."""
@@ -118,53 +107,64 @@ def _promote_scalars(net: torch.nn.Module) -> None:
 
 @dataclass
 class StepResult:
-    applied: bool          # False if the step was skipped (non-finite loss or gradient on some rank).
-    grad_norm: object      # Global gradient norm before clipping: a float or a device tensor (None if unknown).
+    applied: bool  # False if the step was skipped (non-finite loss or gradient on some rank).
+    grad_norm: object  # Global gradient norm before clipping: a float or a device tensor (None if unknown).
 
 
 class Engine:
     """A DeepSpeed engine around `net` with master-weight hooks. Call `micro_step` for every micro-batch."""
 
-    def __init__(self, cfg: Config, net: torch.nn.Module, fp32_state: Optional[dict[str, torch.Tensor]] = None,
-                 ds_overrides: Optional[dict] = None):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        engine_cfg: EngineConfig,
+        optim_cfg: OptimConfig,
+        train_cfg: TrainLoopConfig,
+        fp32_state: Optional[dict[str, torch.Tensor]] = None,
+        ds_overrides: Optional[dict] = None,
+    ):
         import deepspeed
 
-        self.cfg = cfg
         self.world_size = dist.get_world_size()
-        self.rounds = cfg.train.accumulation_rounds(self.world_size)
+        self.batch_size = train_cfg.batch_size
+        self.rounds = train_cfg.accumulation_rounds(self.world_size)
         if fp32_state is None:
             fp32_state = {n: p.detach().to(torch.float32).clone() for n, p in net.named_parameters()}
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
         self.param_shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
         _promote_scalars(net)
-        self.ds_config = _merge(deepspeed_config(cfg, self.world_size), ds_overrides or {})
+        self.ds_config = merge_dicts(
+            deepspeed_config(engine_cfg, optim_cfg, train_cfg, self.world_size), ds_overrides or {}
+        )
         params = [p for p in net.parameters() if p.requires_grad]
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=net, model_parameters=params,
-                                                                 config=self.ds_config)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=net, model_parameters=params, config=self.ds_config
+        )
         self.module = self.engine.module
         self._restore_fp32_buffers(buffers)
-        if cfg.engine.channels_last:
+        if engine_cfg.channels_last:
             self.module.memory_format = torch.channels_last
-        if cfg.engine.compile:
+        if engine_cfg.compile:
             # In place: parameters stay the same objects (views into ZeRO's flat buffers). Dropout masks are explicit
             # inputs, so the online and target passes share them under compilation too.
-            if cfg.engine.combo_kernels:
+            if engine_cfg.combo_kernels:
                 import torch._inductor.config as inductor_config
 
                 inductor_config.combo_kernels = True
-            self.module.compile(dynamic=False, mode=cfg.engine.compile_mode)
-        self.master = MasterWeights(self.module, self.optimizer, cfg.engine.zero_stage,
-                                   use_cuda_graphs=cfg.engine.graph_weight_norm)
+            self.module.compile(dynamic=False, mode=engine_cfg.compile_mode)
+        self.master = MasterWeights(
+            self.module, self.optimizer, engine_cfg.zero_stage, use_cuda_graphs=engine_cfg.graph_weight_norm
+        )
         self._inner = getattr(self.optimizer, "optimizer", self.optimizer)
         self._install_step_hook()
         self.load_master_(fp32_state)
         self._force_skip, self._flags, self._applied, self.last_flags = False, None, False, None
         self.skipped_steps = 0
-        self.scaler = build_loss_scaler(cfg.engine)
-        self.clip = float(cfg.optim.grad_clip or 0.0)
+        self.scaler = build_loss_scaler(engine_cfg)
+        self.clip = float(optim_cfg.grad_clip or 0.0)
         self._scale, self.last_scale_note = 1.0, ""
         self.mode: Optional[str] = None
-        self.set_precision(cfg.engine.precision)
+        self.set_precision(engine_cfg.precision)
 
     def set_precision(self, mode: str) -> None:
         """Compute the U-Net's main path in `mode` from the next forward on (its dtype and TF32; a compiled module
@@ -202,7 +202,7 @@ class Engine:
             for lp, hp in zip(opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat):
                 if lp is not None:
                     lp.data.copy_(hp.data)
-        elif hasattr(opt, "update_lp_params"):            # ZeRO-1/2 and BF16_Optimizer: copy + all-gather.
+        elif hasattr(opt, "update_lp_params"):  # ZeRO-1/2 and BF16_Optimizer: copy + all-gather.
             opt.update_lp_params()
 
     @torch.no_grad()
@@ -232,7 +232,7 @@ class Engine:
                 return None
             self._unscale_and_clip(inner)
             out = original(*args, **kwargs)
-            updated = {_key(p) for g in inner.param_groups for p in g["params"]}
+            updated = {storage_key(p) for g in inner.param_groups for p in g["params"]}
             self.master.forced_weight_norm_(updated)
             self._applied = True
             return out
@@ -277,8 +277,9 @@ class Engine:
 
     __call__ = forward
 
-    def micro_step(self, loss: torch.Tensor, lr: float, skip: bool = False,
-                   flags: Optional[torch.Tensor] = None) -> Optional[StepResult]:
+    def micro_step(
+        self, loss: torch.Tensor, lr: float, skip: bool = False, flags: Optional[torch.Tensor] = None
+    ) -> Optional[StepResult]:
         """Backward for one micro-batch; at the accumulation boundary also set `lr`, step and report.
 
         Skip the step with `skip=True` (same on every rank) or with `flags[0] > 0`, where `flags` is a device
@@ -301,7 +302,7 @@ class Engine:
             self.skipped_steps += 1
         self.last_scale_note = ""
         if self.scaler is not None and self.mode == "fp16":
-            self.last_scale_note = self.scaler.update(self._applied, self.cfg.train.batch_size)
+            self.last_scale_note = self.scaler.update(self._applied, self.batch_size)
         norm = self.engine.get_global_grad_norm()
         if norm is not None and self._scale != 1.0:
             norm = norm / self._scale

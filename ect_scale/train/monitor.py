@@ -17,22 +17,8 @@ from typing import Optional
 
 import torch
 
-from ect_scale import dist
-
-# Dense bf16 peak FLOP/s by device name (torchtitan's table; H200 = H100 SXM compute).
-PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-                   ("A10", 125e12), ("V100", 125e12)]
-
-
-def peak_flops(device: torch.device) -> Optional[float]:
-    """Dense bf16 peak of the device, or None (e.g. on CPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_FLOPS:
-        if key in name:
-            return value
-    return None
+from ect_scale.config import LoggingConfig
+from ect_scale.runtime import dist
 
 
 class StepStats:
@@ -71,12 +57,19 @@ class StepStats:
 
     def reduce(self) -> dict:
         """Cross-rank sums (collective) -> plain floats."""
-        packed = torch.cat([self.loss_sum.view(1), self.count.view(1), self.bucket_sum, self.bucket_count,
-                            self.nonfinite_targets.view(1)])
+        packed = torch.cat(
+            [
+                self.loss_sum.view(1),
+                self.count.view(1),
+                self.bucket_sum,
+                self.bucket_count,
+                self.nonfinite_targets.view(1),
+            ]
+        )
         packed = dist.all_reduce_(packed)
         nb = self.num_buckets
         loss_sum, count = float(packed[0]), float(packed[1])
-        bucket_sum, bucket_count = packed[2:2 + nb].tolist(), packed[2 + nb:2 + 2 * nb].tolist()
+        bucket_sum, bucket_count = packed[2 : 2 + nb].tolist(), packed[2 + nb : 2 + 2 * nb].tolist()
         edges = [-math.inf] + self.edges.exp().tolist() + [math.inf]
         out = {"Loss/mean": loss_sum / max(count, 1.0), "Loss/nonfinite_targets": float(packed[-1])}
         for i in range(nb):
@@ -95,40 +88,51 @@ def _fmt_t(t: float) -> str:
 class Monitor:
     """TensorBoard + stats.jsonl + terminal output, active on rank 0 only."""
 
-    def __init__(self, run_dir: str, cfg, total_nimg: int, start_nimg: int = 0):
+    def __init__(self, run_dir: str, logging_cfg: LoggingConfig, total_nimg: int, ect_stages: bool = True):
+        """`ect_stages=False` (the diffusion teacher) leaves the ECT stage and dt/t out of status lines. Outputs
+        open here; the progress bar starts with `start(nimg)` once the run knows where it resumes."""
         self.active = dist.is_main()
-        self.cfg = cfg
         self.total_nimg = total_nimg
-        self.ect = cfg.ect.objective != "diffusion"  # The diffusion teacher has no ECT stage or dt/t.
+        self.ect = ect_stages
         self._rate_origin: Optional[tuple[float, int]] = None  # (time, nimg) of the first status: ETA rate.
         self.writer = None
         self.jsonl = None
         self.progress = None
-        mode = cfg.logging.progress
+        self.task = None
+        mode = logging_cfg.progress
         self.interactive = mode == "rich" or (mode == "auto" and sys.stdout.isatty())
         self.quiet = mode == "none"
         if not self.active:
             return
         os.makedirs(run_dir, exist_ok=True)
-        if cfg.logging.tensorboard:
+        if logging_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), flush_secs=30)
-        if cfg.logging.jsonl:
+        if logging_cfg.jsonl:
             self.jsonl = open(os.path.join(run_dir, "stats.jsonl"), "a")
-        if self.interactive and not self.quiet:
-            self._start_progress(start_nimg)
+
+    def start(self, nimg: int) -> None:
+        """Show the progress bar from `nimg` (an interactive terminal on rank 0 only)."""
+        if self.active and self.interactive and not self.quiet and self.progress is None:
+            self._start_progress(nimg)
 
     def _start_progress(self, start_nimg: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         label = "ECT" if self.ect else "EDM2 diffusion"
-        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(),
-                                 TextColumn("{task.completed:,.1f}/{task.total:,.1f} kimg"),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 refresh_per_second=2)
-        self.task = self.progress.add_task("train", total=self.total_nimg / 1000, completed=start_nimg / 1000,
-                                           status="starting")
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.1f}/{task.total:,.1f} kimg"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            refresh_per_second=2,
+        )
+        self.task = self.progress.add_task(
+            "train", total=self.total_nimg / 1000, completed=start_nimg / 1000, status="starting"
+        )
         self.progress.start()
 
     def print(self, *lines: str) -> None:
@@ -204,12 +208,14 @@ class Monitor:
 def _short_status(s: dict, ect: bool = True) -> str:
     stage = f"stage {int(s.get('ECT/stage', 0))}  " if ect else ""
     shards = int(s.get("Data/corrupt_shards_skipped", 0))
-    return (f"loss {s.get('Loss/mean', float('nan')):.4f}  {stage}{s.get('Throughput/img_per_sec', 0):.1f} img/s"
-            + (f"  {shards} shards skipped" if shards else ""))
+    return f"loss {s.get('Loss/mean', float('nan')):.4f}  {stage}{s.get('Throughput/img_per_sec', 0):.1f} img/s" + (
+        f"  {shards} shards skipped" if shards else ""
+    )
 
 
-def status_line(kimg: float, s: dict, total_kimg: Optional[float] = None, eta_sec: Optional[float] = None,
-                ect: bool = True) -> str:
+def status_line(
+    kimg: float, s: dict, total_kimg: Optional[float] = None, eta_sec: Optional[float] = None, ect: bool = True
+) -> str:
     """EDM2-style fixed-width status line for non-interactive logs: progress of the total, then the interval's
     statistics, then the ETA. `ect=False` (the diffusion teacher) leaves out the ECT stage and dt/t."""
     mfu, mem = s.get("Throughput/mfu"), s.get("Resources/peak_gpu_mem_gb")
@@ -218,9 +224,12 @@ def status_line(kimg: float, s: dict, total_kimg: Optional[float] = None, eta_se
     if ect:
         fields += [f"stage {int(s.get('ECT/stage', 0)):<2d}", f"dt/t {s.get('ECT/dt_over_t', float('nan')):<8.5f}"]
     fields += [
-        f"lr {s.get('Optim/lr', 0):<9.3e}", f"gnorm {s.get('Grad/norm', float('nan')):<9.3g}",
-        f"img/s {s.get('Throughput/img_per_sec', 0):<8.1f}", f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<6s}",
-        f"data {100 * s.get('Timing/data_wait_frac', 0):>4.1f}%", f"mem {'-' if mem is None else f'{mem:.1f}G':<7s}",
+        f"lr {s.get('Optim/lr', 0):<9.3e}",
+        f"gnorm {s.get('Grad/norm', float('nan')):<9.3g}",
+        f"img/s {s.get('Throughput/img_per_sec', 0):<8.1f}",
+        f"mfu {'-' if mfu is None else f'{100 * mfu:.1f}%':<6s}",
+        f"data {100 * s.get('Timing/data_wait_frac', 0):>4.1f}%",
+        f"mem {'-' if mem is None else f'{mem:.1f}G':<7s}",
         f"skip {int(s.get('Progress/skipped_steps', 0)):<3d}",
     ]
     if "Data/corrupt_shards_skipped" in s:
@@ -237,14 +246,25 @@ def duration(sec: float) -> str:
     return f"{days}-{text}" if days else text
 
 
-def summary_lines(*, nimg: int, total_nimg: int, session_nimg: int, session_sec: float, elapsed_sec: float,
-                  skipped_steps: int, shards_skipped: Optional[int], places: list[tuple[str, str]]) -> list[str]:
+def summary_lines(
+    *,
+    nimg: int,
+    total_nimg: int,
+    session_nimg: int,
+    session_sec: float,
+    elapsed_sec: float,
+    skipped_steps: int,
+    shards_skipped: Optional[int],
+    places: list[tuple[str, str]],
+) -> list[str]:
     """The end-of-run summary: what was done, how fast, what went wrong, and where the results are."""
     head = "Finished" if nimg >= total_nimg else f"Stopped at {nimg:,} of {total_nimg:,} images"
     done = f"{nimg:,} images" if nimg >= total_nimg else "re-run the same command to continue"
     rate = session_nimg / session_sec if session_sec > 0 else 0.0
     shards = "" if shards_skipped is None else f", {shards_skipped} shards skipped"
-    lines = [f"{head}: {done}. This session: {session_nimg:,} images in {duration(session_sec)} ({rate:.1f} img/s); "
-             f"training time {duration(elapsed_sec)} in total; {skipped_steps} skipped steps{shards}."]
+    lines = [
+        f"{head}: {done}. This session: {session_nimg:,} images in {duration(session_sec)} ({rate:.1f} img/s); "
+        f"training time {duration(elapsed_sec)} in total; {skipped_steps} skipped steps{shards}."
+    ]
     width = max((len(k) for k, _ in places), default=0)
     return lines + [f"  {k:<{width}}  {v}" for k, v in places]

@@ -1,8 +1,10 @@
 """EMAs of the fp32 master weights, sharded exactly like the optimizer's partitions (no gather per step).
 
-* Power-function EMA (EDM2 Sec. 3.1, App. C): theta_hat_gamma(t) = (gamma+1)/t^(gamma+1) int_0^t tau^gamma theta(tau) dtau,
+* Power-function EMA (EDM2 Sec. 3.1, App. C): theta_hat_gamma(t) = (gamma+1)/t^(gamma+1) int_0^t tau^gamma theta(tau)
+dtau,
   tracked incrementally with beta(t) = (1 - Delta t / t)^(gamma+1) (EDM2 Eq. 127), t = images seen after the step.
-  gamma comes from sigma_rel by the largest real root of gamma^3 + 7 gamma^2 + (16 - sigma^-2) gamma + (12 - sigma^-2) = 0
+  gamma comes from sigma_rel by the largest real root of gamma^3 + 7 gamma^2 + (16 - sigma^-2) gamma + (12 - sigma^-2)
+  = 0
   (EDM2 Eq. 123 inverted, Algorithm 2).
 * Traditional EMA with a constant per-step beta (ECT keeps one at 0.9999).
 The EMAs restart when tuning starts (ECT's ImageNet code creates them after loading the pretrained net), so the
@@ -17,12 +19,12 @@ import numpy as np
 import torch
 
 from ect_scale.config import EMAConfig
-from ect_scale.master import MasterWeights
+from ect_scale.engine.master import MasterWeights
 
 
 def std_to_exp(std: float) -> float:
     """gamma for a relative standard deviation sigma_rel (EDM2 Algorithm 2)."""
-    tmp = std ** -2.0
+    tmp = std**-2.0
     roots = np.roots([1.0, 7.0, 16.0 - tmp, 12.0 - tmp])
     return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
 
@@ -72,8 +74,9 @@ class EMATracker:
         self.nimg = nimg_after
 
     # ------------------------------------------------------------------ export
-    def full_state(self, name: str, module: torch.nn.Module, param_shapes: Optional[dict] = None,
-                   dst_device="cpu") -> dict[str, torch.Tensor]:
+    def full_state(
+        self, name: str, module: torch.nn.Module, param_shapes: Optional[dict] = None, dst_device="cpu"
+    ) -> dict[str, torch.Tensor]:
         """A world-size-independent fp32 state dict of one EMA (collective: every rank must call it)."""
         state = self.master.gather(sources=self.shadows[name], dst_device=dst_device)
         if param_shapes:
@@ -89,19 +92,26 @@ class EMATracker:
 
     # ------------------------------------------------------------------ checkpointing (this rank's shards)
     def state_dict(self) -> dict:
-        return {"profiles": list(self.profiles), "nimg": self.nimg,
-                "shadows": {k: [t.detach().cpu().clone() for t in v] for k, v in self.shadows.items()}}
+        return {
+            "profiles": list(self.profiles),
+            "nimg": self.nimg,
+            "shadows": {k: [t.detach().cpu().clone() for t in v] for k, v in self.shadows.items()},
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         if list(state["profiles"]) != self.profiles:
-            raise ValueError(f"EMA profiles in the checkpoint {state['profiles']} differ from ema.* {self.profiles}. "
-                             "Fix: resume with the same ema.stds and ema.beta")
+            raise ValueError(
+                f"EMA profiles in the checkpoint {state['profiles']} differ from ema.* {self.profiles}. "
+                "Fix: resume with the same ema.stds and ema.beta"
+            )
         for name, tensors in state["shadows"].items():
             mine = self.shadows[name]
             if [t.numel() for t in tensors] != [t.numel() for t in mine]:
-                raise ValueError("EMA shard layout differs from this rank's partitions (another world size?). "
-                                 "Fix: restore from the consolidated EMA files instead (elastic restart)")
+                raise ValueError(
+                    "EMA shard layout differs from this rank's partitions (another world size?). "
+                    "Fix: restore from the consolidated EMA files instead (elastic restart)"
+                )
             for dst, src in zip(mine, tensors):
                 dst.copy_(src.to(dst.device))
         self.nimg = int(state["nimg"])

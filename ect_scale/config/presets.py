@@ -1,12 +1,13 @@
 """Named network presets: EDM2's ImageNet-512 (latent) and ImageNet-64 (pixel) sizes, plus tiny test nets.
 
-Values are EDM2's (`edm2.md` §1.6, §2.1; paper Table 6). Only `model_channels` and the pretraining dropout
+Values are EDM2's (paper Table 6; NVlabs/edm2 train_edm2.py `config_presets`). Only `model_channels` and the
+pretraining dropout
 vary between the EDM2 sizes; ECT recipes override `dropout`/`dropout_res` in `configs/`.
 """
 
 from __future__ import annotations
 
-# Architecture shared by every EDM2 preset (edm2.md §1.6 "Common settings").
+# Architecture shared by every EDM2 preset (NVlabs/edm2 training/networks_edm2.py, UNet defaults).
 _EDM2_COMMON = dict(
     img_resolution=64,
     channel_mult=[1, 2, 3, 4],
@@ -41,23 +42,59 @@ for _size, (_mc, _drop, _mp) in _EDM2_SIZES.items():
 
 # Tiny nets with the same structure (attention at 8 and 4 px, two levels) for CPU tests and the demo.
 PRESETS["tiny-latent"] = dict(
-    img_resolution=16, img_channels=4, label_dim=10, model_channels=16, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[8], channels_per_head=16, dropout=0.0, sigma_data=0.5, logvar_channels=16,
+    img_resolution=16,
+    img_channels=4,
+    label_dim=10,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[8],
+    channels_per_head=16,
+    dropout=0.0,
+    sigma_data=0.5,
+    logvar_channels=16,
 )
 PRESETS["tiny-pixel"] = dict(PRESETS["tiny-latent"], img_channels=3)
 # The quickstart's network: scikit-learn's 8x8 grayscale digits at their native resolution, 10 classes, two levels
 # (8x8, 4x4 with attention), 0.7M parameters: a teacher good enough to draw digits trains on two CPU cores in minutes.
 PRESETS["demo-digits8"] = dict(
-    img_resolution=8, img_channels=1, label_dim=10, model_channels=32, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[4], channels_per_head=32, dropout=0.0, sigma_data=0.5, logvar_channels=32,
+    img_resolution=8,
+    img_channels=1,
+    label_dim=10,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=32,
+    dropout=0.0,
+    sigma_data=0.5,
+    logvar_channels=32,
 )
 PRESETS["demo-digits16"] = dict(
-    img_resolution=16, img_channels=3, label_dim=10, model_channels=32, channel_mult=[1, 2],
-    num_blocks=1, attn_resolutions=[8], channels_per_head=32, dropout=0.0, sigma_data=0.5, logvar_channels=32,
+    img_resolution=16,
+    img_channels=3,
+    label_dim=10,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[8],
+    channels_per_head=32,
+    dropout=0.0,
+    sigma_data=0.5,
+    logvar_channels=32,
 )
 PRESETS["demo-pixel32"] = dict(
-    img_resolution=32, img_channels=3, label_dim=10, model_channels=32, channel_mult=[1, 2, 2],
-    num_blocks=1, attn_resolutions=[8], channels_per_head=32, dropout=0.0, sigma_data=0.5, logvar_channels=32,
+    img_resolution=32,
+    img_channels=3,
+    label_dim=10,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_blocks=1,
+    attn_resolutions=[8],
+    channels_per_head=32,
+    dropout=0.0,
+    sigma_data=0.5,
+    logvar_channels=32,
 )
 
 

@@ -11,7 +11,6 @@ import torch
 
 from ect_scale.ect import generate
 
-
 PAD_VALUE = 128  # Mid-grey gutters: visible against dark and bright images alike.
 
 
@@ -20,8 +19,9 @@ def auto_zoom(resolution: int, min_cell: int = 32) -> int:
     return max(1, -(-min_cell // resolution))
 
 
-def make_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 0, zoom: int = 1,
-              pad_value: int = PAD_VALUE) -> torch.Tensor:
+def make_grid(
+    images: torch.Tensor, cols: Optional[int] = None, pad: int = 0, zoom: int = 1, pad_value: int = PAD_VALUE
+) -> torch.Tensor:
     """uint8 [N,C,H,W] -> uint8 [C, rows*(zH+pad)+pad, cols*(zW+pad)+pad]: row-major cells magnified `zoom` times
     (nearest neighbour) with `pad`-pixel gutters between and around them (none when pad=0); unused cells black."""
     n, c, h, w = images.shape

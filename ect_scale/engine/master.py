@@ -1,7 +1,8 @@
 """The optimizer's fp32 master weights, seen as fragments of named parameters, for any ZeRO stage.
 
 DeepSpeed keeps a separate fp32 master copy that the optimizer updates; the module's low-precision parameters are
-overwritten from it after every step (`systems.md` §0). Forced weight normalisation and the EMAs must therefore act
+overwritten from it after every step (deepspeed 0.19.8 `runtime/zero/stage_1_and_2.py`, `stage3.py`;
+docs/ARCHITECTURE.md). Forced weight normalisation and the EMAs must therefore act
 on the master copy. A `Fragment` is the piece of one parameter (flattened) that this rank owns:
 
   * no ZeRO (fp32):      the whole parameter tensor is its own master;
@@ -21,23 +22,23 @@ from typing import Iterable, Optional
 
 import torch
 
-from ect_scale import dist
 from ect_scale.networks.weight_norm import EPS, mp_weights
+from ect_scale.runtime import dist
 
 
 @dataclass
 class Fragment:
-    name: str                     # Qualified parameter name.
-    shape: tuple                  # Full parameter shape.
-    view: torch.Tensor            # fp32 1-D view of this rank's piece of the master weights.
-    start: int                    # Offset of the piece in the flattened parameter.
-    flat_key: int                 # Storage pointer of the flat master tensor that holds the piece.
+    name: str  # Qualified parameter name.
+    shape: tuple  # Full parameter shape.
+    view: torch.Tensor  # fp32 1-D view of this rank's piece of the master weights.
+    start: int  # Offset of the piece in the flattened parameter.
+    flat_key: int  # Storage pointer of the flat master tensor that holds the piece.
     fan_in: Optional[int] = None  # Set for MPConv weights (forced weight normalisation applies).
-    row_base: int = 0             # Index of the parameter's first row in the global row vector.
+    row_base: int = 0  # Index of the parameter's first row in the global row vector.
     pieces: list = field(default_factory=list)  # (offset, length, first_row, n_rows) row-aligned pieces.
 
 
-def _key(t: torch.Tensor) -> int:
+def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
@@ -77,11 +78,11 @@ class MasterWeights:
     def flats(self) -> list[torch.Tensor]:
         """The fp32 tensors this rank's optimizer updates (flat partitions, or the parameters without ZeRO)."""
         opt = self.optimizer
-        if hasattr(opt, "fp32_partitioned_groups_flat"):          # ZeRO-3
+        if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3
             return list(opt.fp32_partitioned_groups_flat)
-        if hasattr(opt, "single_partition_of_fp32_groups"):        # ZeRO-1/2
+        if hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO-1/2
             return list(opt.single_partition_of_fp32_groups)
-        if hasattr(opt, "fp32_groups_flat_partition"):             # BF16_Optimizer (ZeRO-1, bf16, fp32 accum)
+        if hasattr(opt, "fp32_groups_flat_partition"):  # BF16_Optimizer (ZeRO-1, bf16, fp32 accum)
             return list(opt.fp32_groups_flat_partition)
         return [p for g in opt.param_groups for p in g["params"]]  # No ZeRO: parameters are the masters.
 
@@ -103,7 +104,7 @@ class MasterWeights:
         self.fragments = frags
         self.num_rows = row_base
         self._graphs = {}
-        self._signature = tuple(_key(f) for f in self.flats())
+        self._signature = tuple(storage_key(f) for f in self.flats())
 
     def _full_shape(self, p: torch.nn.Parameter) -> tuple:
         return tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
@@ -119,17 +120,17 @@ class MasterWeights:
             if n_valid == 0:
                 return None
             flat = opt.fp32_partitioned_groups_flat[g]
-            return Fragment(name, shape, flat.narrow(0, offset, n_valid), start, _key(flat))
+            return Fragment(name, shape, flat.narrow(0, offset, n_valid), start, storage_key(flat))
         mapping = getattr(p, "_hp_mapping", None)
         if self.zero_stage in (1, 2) or mapping is not None:
             if mapping is None:
                 return None  # Not in this rank's partition.
             addr = mapping.lp_fragment_address
-            return Fragment(name, shape, mapping.hp_fragment, addr.start, _key(mapping.hp_fragment))
-        return Fragment(name, shape, p.data.view(-1), 0, _key(p))
+            return Fragment(name, shape, mapping.hp_fragment, addr.start, storage_key(mapping.hp_fragment))
+        return Fragment(name, shape, p.data.view(-1), 0, storage_key(p))
 
     def check_layout(self) -> None:
-        if tuple(_key(f) for f in self.flats()) != self._signature:
+        if tuple(storage_key(f) for f in self.flats()) != self._signature:
             self.rebuild()
 
     # ------------------------------------------------------------------ forced weight normalisation
@@ -149,7 +150,7 @@ class MasterWeights:
             for off, length, row, n_rows in f.pieces:
                 piece = f.view.narrow(0, off, length)
                 if n_rows:
-                    sums[f.row_base + row: f.row_base + row + n_rows] += piece.view(n_rows, f.fan_in).square().sum(1)
+                    sums[f.row_base + row : f.row_base + row + n_rows] += piece.view(n_rows, f.fan_in).square().sum(1)
                 else:
                     sums[f.row_base + row] += piece.square().sum()
         return sums
@@ -158,8 +159,8 @@ class MasterWeights:
         """w_i <- w_i / (eps + ||w_i|| / sqrt(fan_in)) given the global squared row norms (EDM2 Eq. 66)."""
         for f in self._selected(keys):
             for off, length, row, n_rows in f.pieces:
-                rows = sums[f.row_base + row: f.row_base + row + max(n_rows, 1)]
-                scale = 1.0 / (EPS + rows.sqrt() * (f.fan_in ** -0.5))
+                rows = sums[f.row_base + row : f.row_base + row + max(n_rows, 1)]
+                scale = 1.0 / (EPS + rows.sqrt() * (f.fan_in**-0.5))
                 piece = f.view.narrow(0, off, length)
                 if n_rows:
                     piece.view(n_rows, f.fan_in).mul_(scale.unsqueeze(1))
@@ -187,12 +188,16 @@ class MasterWeights:
             self._graphs[cache_key] = self._capture(keys)
         sums_graph, sums, scale_graph = self._graphs[cache_key]
         sums_graph.replay()
-        self._reduce(sums)   # In place on the graphs' static buffer, outside the graphs (any backend).
+        self._reduce(sums)  # In place on the graphs' static buffer, outside the graphs (any backend).
         scale_graph.replay()
 
     def _graphable(self) -> bool:
-        return (self.use_cuda_graphs and bool(self.fragments) and self.fragments[0].view.is_cuda
-                and not torch.cuda.is_current_stream_capturing())
+        return (
+            self.use_cuda_graphs
+            and bool(self.fragments)
+            and self.fragments[0].view.is_cuda
+            and not torch.cuda.is_current_stream_capturing()
+        )
 
     def _capture(self, keys: Optional[set[int]]):
         """Record the local sums-of-squares pass and the scaling pass as two CUDA graphs on static memory."""
@@ -226,8 +231,9 @@ class MasterWeights:
 
     # ------------------------------------------------------------------ whole tensors
     @torch.no_grad()
-    def gather(self, sources: Optional[list[torch.Tensor]] = None, names: Optional[Iterable[str]] = None,
-               dst_device="cpu") -> dict[str, torch.Tensor]:
+    def gather(
+        self, sources: Optional[list[torch.Tensor]] = None, names: Optional[Iterable[str]] = None, dst_device="cpu"
+    ) -> dict[str, torch.Tensor]:
         """Full fp32 tensors assembled from every rank's fragments (a collective). `sources` gives alternative
         flat tensors with the master layout (e.g. an EMA); default = the master weights themselves."""
         remap = self._remap(sources)
@@ -264,7 +270,7 @@ class MasterWeights:
         if flats is None:
             return lambda f: f.view
         masters = self.flats()
-        index = {_key(t): i for i, t in enumerate(masters)}
+        index = {storage_key(t): i for i, t in enumerate(masters)}
 
         def view_in(f: Fragment) -> torch.Tensor:
             i = index[f.flat_key]

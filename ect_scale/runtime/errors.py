@@ -4,7 +4,7 @@
 storage (`StorageError`), data manifests, network files, checkpoints, reference statistics, detectors, EDM2 imports.
 Its text is `<what>. Fix: <how>`. `user_error_of(exc)` also recognises expected failures raised by Python, PyTorch
 or DeepSpeed: a missing or unreadable file, a full disk, CUDA out of memory, a rendezvous port already in use, a
-lost connection to another rank. Everything else is a bug and keeps its traceback (`ect_scale.entry`).
+lost connection to another rank. Everything else is a bug and keeps its traceback (`ect_scale.runtime.entry`).
 
 This module imports nothing from the package, so every module may import it.
 """
@@ -34,19 +34,35 @@ class UserError(Exception):
         return parts[1] if len(parts) == 2 else None
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid. The message names the option, the constraint and the fix."""
+
+
 class PeerLostError(UserError):
     """Another rank stopped answering in the middle of a collective operation (it died or was killed)."""
 
 
-_OOM_FIX = ("lower train.batch_gpu (train.batch_size stays the same: the engine adds accumulation rounds), or use "
-            "engine.zero_stage=2/3, or a smaller network preset; launchers/bench.py --max-memory-gib finds what fits")
-_PORT_FIX = ("give every concurrent run on a machine its own port: `deepspeed --master_port <port> ...`, "
-             "`torchrun --master-port <port> ...` or MASTER_PORT=<port>; a single process without MASTER_PORT picks "
-             "a free port itself")
-_PEER_FIX = ("look for the first error above or in the run's logs/ folder (or the kernel log for the out-of-memory "
-             "killer: dmesg); then re-run the same command, which resumes from the latest complete checkpoint")
-_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-               "NCCL communicator was aborted", "ProcessGroupNCCL is aborted")
+_OOM_FIX = (
+    "lower train.batch_gpu (train.batch_size stays the same: the engine adds accumulation rounds), or use "
+    "engine.zero_stage=2/3, or a smaller network preset; launchers/bench.py --max-memory-gib finds what fits"
+)
+_PORT_FIX = (
+    "give every concurrent run on a machine its own port: `deepspeed --master_port <port> ...`, "
+    "`torchrun --master-port <port> ...` or MASTER_PORT=<port>; a single process without MASTER_PORT picks "
+    "a free port itself"
+)
+_PEER_FIX = (
+    "look for the first error above or in the run's logs/ folder (or the kernel log for the out-of-memory "
+    "killer: dmesg); then re-run the same command, which resumes from the latest complete checkpoint"
+)
+_PEER_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited",
+    "NCCL communicator was aborted",
+    "ProcessGroupNCCL is aborted",
+)
 _OS_FIXES = {
     errno.ENOENT: "check the path (and the working directory it is relative to)",
     errno.EACCES: "check the file's permissions, or choose a location you can access",
@@ -69,11 +85,17 @@ def user_error_of(exc: BaseException) -> Optional[UserError]:
         return UserError(f"out of GPU memory ({first})", _OOM_FIX)
     if "EADDRINUSE" in text or "address already in use" in text.lower():
         port = os.environ.get("MASTER_PORT", "?")
-        return UserError(f"the rendezvous port {os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port} (MASTER_PORT) is "
-                         "already in use, probably by another run on this machine", _PORT_FIX)
+        return UserError(
+            f"the rendezvous port {os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port} (MASTER_PORT) is "
+            "already in use, probably by another run on this machine",
+            _PORT_FIX,
+        )
     if any(sign in text for sign in _PEER_SIGNS):
-        return PeerLostError(f"lost the connection to another rank during a collective operation ({first}); that "
-                             "rank probably failed, ran out of host memory or was killed", _PEER_FIX)
+        return PeerLostError(
+            f"lost the connection to another rank during a collective operation ({first}); that "
+            "rank probably failed, ran out of host memory or was killed",
+            _PEER_FIX,
+        )
     if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
         where = f" {exc.filename}" if exc.filename else ""
         return UserError(f"cannot access{where}: {exc.strerror or first}", _OS_FIXES[exc.errno])

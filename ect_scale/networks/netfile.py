@@ -19,8 +19,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ect_scale.config import NetworkConfig, from_dict, to_dict
-from ect_scale.errors import UserError
 from ect_scale.networks.precond import Precond
+from ect_scale.runtime.errors import UserError
 
 FORMAT = "network/1"
 
@@ -29,13 +29,23 @@ class NetworkFileError(UserError, ValueError):
     """A network file is missing, unreadable, or not an ect_scale network file."""
 
 
-def save_network_file(path: str, state_dict: dict[str, torch.Tensor], config: NetworkConfig,
-                      meta: Optional[dict[str, Any]] = None, dtype: Optional[torch.dtype] = None) -> None:
+def save_network_file(
+    path: str,
+    state_dict: dict[str, torch.Tensor],
+    config: NetworkConfig,
+    meta: Optional[dict[str, Any]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> None:
     """Write tensors (optionally cast to `dtype`) and config to `path`, atomically on local filesystems."""
-    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-               .contiguous().cpu() for k, v in state_dict.items()}
-    metadata = {"ect_scale.format": FORMAT, "ect_scale.network": json.dumps(to_dict(config)),
-                "ect_scale.meta": json.dumps(meta or {})}
+    tensors = {
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in state_dict.items()
+    }
+    metadata = {
+        "ect_scale.format": FORMAT,
+        "ect_scale.network": json.dumps(to_dict(config)),
+        "ect_scale.meta": json.dumps(meta or {}),
+    }
     blob = st_save(tensors, metadata=metadata)
     fs, fspath = fsspec.core.url_to_fs(path)
     parent = fspath.rsplit("/", 1)[0] if "/" in fspath else ""
@@ -60,7 +70,7 @@ def read_network_file(path: str) -> tuple[dict[str, torch.Tensor], NetworkConfig
         raise NetworkFileError(f"network file not found: {path}", _NOT_FOUND_FIX) from None
     try:
         tensors = st_load(blob)
-        header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
     except Exception as e:  # safetensors raises various errors on corrupt input
         raise NetworkFileError(f"{path}: not a readable safetensors file ({e})", "re-export or re-import it") from None
     config, meta = _parse_header(header, path)
@@ -85,8 +95,10 @@ def read_network_header(path: str) -> tuple[NetworkConfig, dict]:
 def _parse_header(header: dict, path: str) -> tuple[NetworkConfig, dict]:
     metadata = header.get("__metadata__", {}) or {}
     if metadata.get("ect_scale.format") != FORMAT:
-        raise NetworkFileError(f"{path}: not an ect_scale network file (format {metadata.get('ect_scale.format')!r}, "
-                               f"expected {FORMAT!r}). Fix: convert EDM2 pickles with tools/import_edm2.py")
+        raise NetworkFileError(
+            f"{path}: not an ect_scale network file (format {metadata.get('ect_scale.format')!r}, "
+            f"expected {FORMAT!r}). Fix: convert EDM2 pickles with tools/import_edm2.py"
+        )
     config = from_dict(NetworkConfig, json.loads(metadata["ect_scale.network"]), "network")
     return config, json.loads(metadata.get("ect_scale.meta", "{}"))
 
@@ -99,17 +111,35 @@ def load_network_file(path: str, device=None, overrides: Optional[dict[str, Any]
     net = Precond(config)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise NetworkFileError(f"{path}: tensors do not match the stored config (missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}). Fix: re-export the file")
+        raise NetworkFileError(
+            f"{path}: tensors do not match the stored config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}). Fix: re-export the file"
+        )
     return (net.to(device) if device is not None else net), meta
 
 
 def check_compatible(file_config: NetworkConfig, run_config: NetworkConfig, path: str) -> None:
     """Raise if a network file's architecture differs from the run's (dropout/precision may differ)."""
-    structural = ("img_resolution", "img_channels", "label_dim", "model_channels", "channel_mult", "channel_mult_noise",
-                  "channel_mult_emb", "num_blocks", "attn_resolutions", "channels_per_head", "logvar_channels")
-    diffs = [f"{k}: file={getattr(file_config, k)!r} run={getattr(run_config, k)!r}" for k in structural
-             if getattr(file_config, k) != getattr(run_config, k)]
+    structural = (
+        "img_resolution",
+        "img_channels",
+        "label_dim",
+        "model_channels",
+        "channel_mult",
+        "channel_mult_noise",
+        "channel_mult_emb",
+        "num_blocks",
+        "attn_resolutions",
+        "channels_per_head",
+        "logvar_channels",
+    )
+    diffs = [
+        f"{k}: file={getattr(file_config, k)!r} run={getattr(run_config, k)!r}"
+        for k in structural
+        if getattr(file_config, k) != getattr(run_config, k)
+    ]
     if diffs:
-        raise NetworkFileError(f"init: {path} has a different architecture than network.* ({'; '.join(diffs)}). "
-                               "Fix: set network.preset to the file's preset, or pick the matching file")
+        raise NetworkFileError(
+            f"init: {path} has a different architecture than network.* ({'; '.join(diffs)}). "
+            "Fix: set network.preset to the file's preset, or pick the matching file"
+        )

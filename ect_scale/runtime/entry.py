@@ -11,7 +11,8 @@ do not outlive the run, and ranks that stop when a peer fails.
   * 1 for anything else, with its traceback, printed the same way.
 The full traceback always goes to `<log dir>/error-rank<R>.log` (`set_log_dir`, e.g. `<run_dir>/logs`; a temporary
 folder before the run directory is known), and the second line says where. Ranks that did not fail exit within
-seconds (`ect_scale.peers`), and a rank started by the deepspeed launcher or torchrun exits when its launcher dies.
+seconds (`ect_scale.runtime.peers`), and a rank started by the deepspeed launcher or torchrun exits when its launcher
+dies.
 
 Hangs can be diagnosed: `kill -USR2 <pid>` prints every thread's stack to stderr, and a process still alive
 `procs.EXIT_WATCHDOG_S` after its work ended (`procs.arm_exit_watchdog`, armed when the training loop ends and
@@ -30,10 +31,9 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from ect_scale import dist, peers
-from ect_scale.config.base import ConfigError
-from ect_scale.errors import UserError, user_error_of
-from ect_scale.procs import arm_exit_watchdog, enable_stack_dumps, exit_with_parent, started_by_launcher
+from ect_scale.runtime import dist, peers
+from ect_scale.runtime.errors import ConfigError, UserError, user_error_of
+from ect_scale.runtime.procs import arm_exit_watchdog, enable_stack_dumps, exit_with_parent, started_by_launcher
 
 TEARDOWN_S = 10.0  # The longest a failing process spends leaving the process group before it exits anyway.
 
@@ -68,8 +68,11 @@ def run(body: Callable[[], int], program: str) -> int:
         code = body()
     except KeyboardInterrupt:
         if _rank() == 0:
-            print("error: interrupted (Ctrl-C). Re-run the same command to resume from the latest checkpoint",
-                  file=sys.stderr, flush=True)
+            print(
+                "error: interrupted (Ctrl-C). Re-run the same command to resume from the latest checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
         return _teardown(130)
     except Exception as exc:  # noqa: BLE001 - SystemExit (argparse, --help) passes through
         return _fail(exc)
@@ -140,8 +143,10 @@ def _rank() -> int:
 
 def _write_log(rank: int, text: str) -> Optional[str]:
     """Append `text` with a header to this rank's log (the temporary folder if the log dir is not writable)."""
-    header = (f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {_program} rank {rank} pid {os.getpid()} on "
-              f"{platform.node()}\n$ {' '.join(sys.argv)}\n")
+    header = (
+        f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {_program} rank {rank} pid {os.getpid()} on "
+        f"{platform.node()}\n$ {' '.join(sys.argv)}\n"
+    )
     for path in dict.fromkeys([log_path(rank), _fallback(log_path(rank))]):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -160,8 +165,11 @@ def _fallback(path: str) -> str:
 
 def _note_peer_failure(first: Optional[tuple[int, str]]) -> None:
     """Peer watch: another rank failed (or the rank hosting the store vanished); note it before exiting."""
-    what = (f"rank {first[0]} failed: {first[1]}" if first is not None else
-            "lost the process group's rendezvous store (the rank hosting it died)")
+    what = (
+        f"rank {first[0]} failed: {first[1]}"
+        if first is not None
+        else "lost the process group's rendezvous store (the rank hosting it died)"
+    )
     _write_log(_rank(), f"stopping this rank because {what}\n")
     sys.stdout.flush()
     sys.stderr.flush()

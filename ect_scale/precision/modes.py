@@ -4,11 +4,11 @@ recipes' choice.
 
 Modes (what the U-Net's main path computes in; the embedding path, the preconditioning and the loss are fp32):
   bf16   bfloat16 activations (8-bit significand): fastest, but its rounding noise exceeds ECT's last-stage
-         signal f(x_t) - f(x_r) (traps.md 12).
-  fp16   float16 activations (11-bit significand), as EDM2 trains (edm2.md §1.5), with dynamic loss scaling so
+         signal f(x_t) - f(x_r) (docs/precision.md).
+  fp16   float16 activations (11-bit significand), as EDM2 trains (EDM2 App. D.2), with dynamic loss scaling so
          that small backward activations do not underflow (`LossScaler`).
   tf32   float32 activations with TF32 tensor-core matmuls/convolutions: the official ECT ImageNet recipe
-         (`run_imgnet_ecm.sh --fp16=0`, TF32 forced on; ect.md §1.7).
+         (`run_imgnet_ecm.sh --fp16=0`, TF32 forced on in imgnet ct_training_loop.py).
   fp32   float32 with TF32 off: the reference every other mode is measured against.
 TF32 is off in every mode but `tf32`, so the fp32 embedding path stays exact (EDM2 sets allow_tf32=False).
 
@@ -19,6 +19,7 @@ boundaries listed in `engine.precision_schedule` ("STAGE:MODE").
 from __future__ import annotations
 
 import math
+
 import torch
 
 from ect_scale.config.engine import PRECISION_MODES as MODES
@@ -38,9 +39,9 @@ def mode_at_stage(stage: int, base: str, schedule: list[tuple[int, str]]) -> str
     return mode
 
 
-def mode_at(nimg: int, cfg) -> str:
+def mode_at(nimg: int, engine_cfg, ect_cfg) -> str:
     """The precision mode in effect at `nimg` images for a full `Config` (a pure function of images seen)."""
-    return mode_at_stage(stage_at(nimg, cfg.ect), cfg.engine.precision, cfg.engine.schedule())
+    return mode_at_stage(stage_at(nimg, ect_cfg), engine_cfg.precision, engine_cfg.schedule())
 
 
 def set_tf32(mode: str) -> None:
@@ -77,14 +78,20 @@ class LossScaler:
     A fixed scale (`dynamic=False`, e.g. EDM2's 1) never changes; non-finite steps are still skipped.
     """
 
-    def __init__(self, init_scale: float = 2.0**16, dynamic: bool = True, window_nimg: int = 256_000,
-                 min_scale: float = 1.0, max_scale: float = 2.0**24):
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        dynamic: bool = True,
+        window_nimg: int = 256_000,
+        min_scale: float = 1.0,
+        max_scale: float = 2.0**24,
+    ):
         self.scale = float(init_scale)
         self.dynamic = dynamic
         self.window_nimg = int(window_nimg)
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
-        self.clean_nimg = 0        # Images since the last skipped step (or the last growth).
-        self.overflows = 0         # Steps skipped with this scaler active.
+        self.clean_nimg = 0  # Images since the last skipped step (or the last growth).
+        self.overflows = 0  # Steps skipped with this scaler active.
 
     def update(self, applied: bool, batch_nimg: int) -> str:
         """After a step: adjust the scale. Returns a short note when it changed ('' otherwise)."""
@@ -119,4 +126,3 @@ class LossScaler:
         self.scale = float(state["scale"])
         self.clean_nimg = int(state.get("clean_nimg", 0))
         self.overflows = int(state.get("overflows", 0))
-

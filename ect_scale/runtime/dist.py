@@ -6,7 +6,10 @@ GPUs and gloo on CPUs. Rank-0-only side effects are decided here (`is_main`), ne
 
 A single process without MASTER_PORT lets the rendezvous store bind any free port (MASTER_PORT=0), so several
 single-process runs can share a machine; multi-process launchers need a distinct `--master_port` per concurrent run.
-Entry points that opted in (`ect_scale.entry`) watch for failed peers once the group is up (`ect_scale.peers`).
+Entry points that opted in (`ect_scale.runtime.entry`) watch for failed peers once the group is up
+(`ect_scale.runtime.peers`).
+Training joins the group through DeepSpeed (`ect_scale.engine.group.init_process_group`); evaluation and tools
+through plain torch.distributed (`init_from_env`). This module never imports deepspeed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
-from ect_scale import peers
+from ect_scale.runtime import peers
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -61,39 +64,6 @@ def device() -> torch.device:
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         return torch.device("cuda", env_local_rank() % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")
-
-
-def init(backend: str = "auto", timeout_min: Optional[float] = None) -> None:
-    """Initialise the default process group from the environment (no-op for a single process)."""
-    if is_initialized():
-        return
-    dev = device()
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if env_world_size() == 1:  # Port 0: the store binds a free port (no clash between runs on one machine).
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "0")
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
-    if backend == "auto":
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-    minutes = timeout_min if timeout_min is not None else float(os.environ.get("ECT_DIST_TIMEOUT_MIN", "60"))
-    import deepspeed  # Lazy: deepspeed's comm layer wraps torch.distributed and must own the group.
-
-    if dev.type == "cpu":
-        _skip_shm_inference_op()
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=minutes),
-                               rank=env_rank(), world_size=env_world_size())
-    peers.start(get_rank(), get_world_size())
-
-
-def _skip_shm_inference_op() -> None:
-    """On CPUs DeepSpeed JIT-compiles a shared-memory all-reduce (~60 s on a fresh machine) that only its
-    `inference_all_reduce` uses; training never calls it, so do not build it (deepspeed==0.19.8, comm/torch.py)."""
-    import importlib
-
-    ds_torch = importlib.import_module("deepspeed.comm.torch")  # Not `import ... as`: deepspeed.comm.torch is shadowed.
-    if hasattr(ds_torch, "build_shm_op"):
-        ds_torch.build_shm_op = lambda: None
 
 
 def init_from_env(device: str = "auto", timeout_min: float = 60.0) -> torch.device:

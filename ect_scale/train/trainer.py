@@ -1,0 +1,343 @@
+"""The ECT training loop: DeepSpeed engine, streamed data, EMAs, monitoring, checkpoints, preemption.
+
+Everything counts images seen (`nimg`): the ECT stage, the learning rate, the EMA decay, and every interval. One
+optimizer step consumes `train.batch_size` images: `accumulation_rounds` micro-batches of `train.batch_gpu` on each
+of the world's ranks. Randomness (t, noise, dropout masks, latent samples) is drawn from a generator seeded by
+(seed, rank, nimg, round), so a resumed run continues exactly like an uninterrupted one.
+
+The loop reads like EDM2's: build the parts, resume, then step and run the periodic tasks (status, EMA export,
+evaluation, checkpoint), each due on its own `Interval` of images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Optional
+
+import torch
+
+from ect_scale.checkpoint import Checkpointer, RunSpec
+from ect_scale.config import Config, dump_config
+from ect_scale.ect import build_objective, learning_rate, nominal_ratio, stage_at, step_generator
+from ect_scale.engine.ema import EMATracker
+from ect_scale.engine.group import init_process_group
+from ect_scale.engine.zero import Engine
+from ect_scale.networks import build_network, forced_weight_norm_
+from ect_scale.networks.flops import model_stats
+from ect_scale.networks.netfile import check_compatible, load_network_file
+from ect_scale.precision.control import PrecisionControl
+from ect_scale.precision.modes import LossScaler
+from ect_scale.runtime import dist
+from ect_scale.runtime.intervals import Interval
+from ect_scale.runtime.procs import arm_exit_watchdog
+from ect_scale.train.compile_cache import setup_compile_cache
+from ect_scale.train.compute import peak_flops
+from ect_scale.train.monitor import Monitor, StepStats
+from ect_scale.train.outputs import EMAOutputs
+from ect_scale.train.prefetch import DevicePrefetcher
+from ect_scale.train.summary import config_rows, param_count, run_summary
+
+
+@dataclass
+class TrainState:
+    """The run's counters (checkpointed). The fp16 loss scaler's state is part of it: read from and written to
+    `scaler` when the state is saved or restored, never copied per step."""
+
+    nimg: int = 0  # Images seen (all ranks).
+    steps: int = 0  # Optimizer steps attempted.
+    skipped_steps: int = 0  # Steps skipped because a loss or the gradient norm was not finite.
+    nonfinite_targets: int = 0  # Target-pass samples dropped for being non-finite.
+    elapsed_sec: float = 0.0  # Training wall time across resumes.
+    scaler: Optional[LossScaler] = field(default=None, repr=False, compare=False)  # fp16 runs only.
+
+    def state_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scaler"}
+        out["loss_scaler"] = self.scaler.state_dict() if self.scaler is not None else {}
+        return out
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            if k == "loss_scaler":
+                if v and self.scaler is not None:
+                    self.scaler.load_state_dict(v)
+            else:
+                setattr(self, k, type(getattr(self, k))(v))
+
+
+def start_network(cfg: Config) -> tuple[torch.nn.Module, dict, dict]:
+    """The network to tune: the `init:` file (the pretrained EDM2 EMA) or a random EDM2 init, with forced weight
+    normalisation applied once: a published EMA averages normalised weights, so its rows are not unit-norm
+    (EDM2 Sec. 2.3; NVlabs/edm2 `training/networks_edm2.py`, MPConv). Returns the network, its fp32 state and the
+    init file's metadata."""
+    meta: dict = {}
+    if cfg.init:
+        keep = {k: getattr(cfg.network, k) for k in ("dropout", "dropout_res", "compute_dtype", "attention")}
+        net, meta = load_network_file(cfg.init, overrides=keep)
+        check_compatible(net.config, cfg.network, cfg.init)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        net = build_network(cfg.network)
+    forced_weight_norm_(net)
+    state = {n: p.detach().to(torch.float32).clone() for n, p in net.named_parameters()}
+    return net, state, meta
+
+
+class Trainer:
+    """Owns the run: call `run()` on every rank."""
+
+    def __init__(self, cfg: Config, stream=None):
+        self.cfg = cfg
+        init_process_group(cfg.engine.backend)
+        self.device = dist.device()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.run_dir = cfg.run_dir
+        self._setup_run_dir()
+        self.monitor = Monitor(
+            self.run_dir, cfg.logging, cfg.train.total_nimg, ect_stages=cfg.ect.objective != "diffusion"
+        )
+        compile_cache = setup_compile_cache(cfg.engine, self.run_dir)
+        net, fp32_state, self.init_meta = start_network(cfg)
+        self.checkpointer = (
+            Checkpointer(cfg.checkpoint, self.run_dir, RunSpec.of(cfg), say=self.monitor.print)
+            if cfg.checkpoint.enabled
+            else None
+        )
+        overrides = self.checkpointer.engine_overrides() if self.checkpointer is not None else None
+        self.engine = Engine(net, cfg.engine, cfg.optim, cfg.train, fp32_state, ds_overrides=overrides)
+        self.module = self.engine.module
+        self.module.train()
+        zero3 = cfg.engine.zero_stage == 3 and self.world_size > 1
+        self.objective = build_objective(cfg.ect, reduce_any=dist.any_true if zero3 else None)
+        self.ema = EMATracker(cfg.ema, self.engine.master)
+        self.stream = DevicePrefetcher(stream if stream is not None else self._build_stream(), self.device)
+        self.encoder = self.stream.encoder
+        self.state = TrainState(scaler=self.engine.scaler)
+        self.batch_size = cfg.train.batch_size
+        self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
+        self.status_every = Interval(cfg.train.status_nimg)
+        self.outputs = EMAOutputs(cfg, self.run_dir, self.ema, self.engine, self.encoder, self.monitor)
+        self.precision = PrecisionControl(
+            cfg.engine, cfg.ect, self.engine, say=self.monitor.print, compile_cache=compile_cache
+        )
+        self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
+        self.peak = peak_flops(self.device)
+        self.stop_requested = False  # Set by a signal on this rank ...
+        self.stop_all = False  # ... and agreed on by all ranks at the step boundary.
+        self.last_scalars: dict[str, float] = {}  # The last status interval's statistics (all ranks).
+        self._probe_batch: Optional[tuple] = None  # A micro-batch kept for precision measurements.
+        self._install_signal_handlers()
+        resumed = self.checkpointer.resume(self) if self.checkpointer is not None else False
+        self.session_start_nimg = self.state.nimg
+        self.monitor.start(self.state.nimg)
+        self.monitor.config_table(
+            config_rows(
+                cfg,
+                params=param_count(self.engine.param_shapes),
+                rounds=self.engine.rounds,
+                world_size=self.world_size,
+                device_type=self.device.type,
+                ema_profiles=self.ema.profiles,
+                resumed_nimg=self.state.nimg if resumed else None,
+            )
+        )
+        self._data_iter: Iterator = iter(self.stream)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_run_dir(self) -> None:
+        if dist.is_main():
+            os.makedirs(self.run_dir, exist_ok=True)
+            dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+        dist.barrier()
+
+    def _build_stream(self):
+        from ect_scale.data import build_train_stream
+
+        stream = build_train_stream(
+            self.cfg.data,
+            batch_gpu=self.cfg.train.batch_gpu,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.cfg.train.seed,
+        )
+        if getattr(stream, "manifest", None) is not None:
+            stream.manifest.check_fits(self.cfg.network)
+        return stream
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`): checkpoint at the next step boundary, exit."""
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        try:
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGUSR1, request_stop)
+        except ValueError:  # Not the main thread (e.g. embedded use): signals stay with the host program.
+            pass
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainState:
+        cfg = self.cfg
+        total = cfg.train.total_nimg
+        slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
+        t_start = session_start = last_status = time.time()
+        try:
+            while self.state.nimg < total:
+                before = self.state.nimg
+                self.train_step()
+                after = self.state.nimg
+                self.state.elapsed_sec += time.time() - t_start
+                t_start = time.time()
+                if self.status_every.due(before, after) or after >= total:
+                    self.report(time.time() - last_status)
+                    last_status = time.time()
+                if self.outputs.every.due(before, after):
+                    self.outputs.export(after)
+                if self.outputs.evaluator_every.due(before, after):
+                    self.outputs.evaluate(after)
+                stop = self.stop_all or (slice_end is not None and slice_end <= after < total)
+                if self.checkpointer is not None and (stop or self.checkpointer.every.due(before, after)):
+                    self.save_checkpoint()
+                if stop:
+                    self.monitor.print(
+                        f"Stopping at {after:,} images (preemption signal or slice end); "
+                        "re-run the same command to resume."
+                    )
+                    break
+            else:
+                if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
+                    self.save_checkpoint()
+                if self.outputs.exported_at != self.state.nimg:  # Not yet exported here.
+                    self.outputs.export(self.state.nimg)
+            self.monitor.print(*run_summary(self, time.time() - session_start))
+        finally:
+            arm_exit_watchdog()  # A shutdown that hangs (data workers, TensorBoard, ...) shows its stacks.
+            self.monitor.close()
+            self.stream.close()
+        return self.state
+
+    def save_checkpoint(self) -> bool:
+        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`;
+        after the commit, so an export cannot spoil it)."""
+        ok = self.checkpointer.save(self)
+        if self.cfg.ema.export_nimg == 0:
+            self.outputs.export(self.state.nimg)
+        return ok
+
+    def train_step(self) -> None:
+        """One optimizer step over `batch_size` images (all ranks, all accumulation rounds).
+
+        The only host synchronisation is the step/skip decision inside the engine (DeepSpeed reads the gradient
+        norm there anyway); the non-finite-loss and stop flags ride along with it."""
+        cfg, eng = self.cfg, self.engine
+        nimg = self.state.nimg
+        lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
+        self.precision.before_step(nimg, self._probe)
+        t0 = time.time()
+        if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # New iteration: earlier CUDA-graph outputs may be reused.
+        bad = torch.zeros((), dtype=torch.float32, device=self.device)
+        result = None
+        for rnd in range(eng.rounds):
+            t_data = time.time()
+            raw, labels = next(self._data_iter)  # Already on the device (DevicePrefetcher).
+            self.stats.data_sec += time.time() - t_data
+            gen = step_generator(cfg.train.seed, self.rank, nimg, self.device, stream=rnd)
+            t_gen = step_generator(cfg.train.seed, self.rank, nimg, "cpu", stream=1_000_000 + rnd)
+            x0 = self.encoder.encode(raw, gen)
+            masks = self.module.sample_dropout_masks(
+                x0.shape[0], gen, device=self.device, dtype=self.module.compute_dtype
+            )
+            out = self.objective(eng, x0, labels, nimg, gen, masks, t_generator=t_gen)
+            loss = out.loss.mean()
+            bad = torch.maximum(bad, (~torch.isfinite(loss.detach())).float())
+            self.stats.add_micro(out.loss, out.t, out.nonfinite_targets)
+            flags = None
+            if rnd == eng.rounds - 1:
+                stop = torch.full((), float(self.stop_requested), device=self.device)
+                flags = dist.all_reduce_(torch.stack([bad, stop]), "max")
+            result = eng.micro_step(loss, lr, flags=flags)
+        self.state.steps += 1
+        self.state.nimg = nimg + self.batch_size
+        self.stop_all = bool(eng.last_flags and eng.last_flags[1] > 0)
+        if result.applied:
+            self.ema.update(self.state.nimg, self.batch_size)
+        else:
+            self.state.skipped_steps += 1
+            why = (
+                f"fp16 gradient overflow ({eng.last_scale_note})"
+                if eng.last_scale_note
+                else "non-finite loss or gradient on some rank"
+            )
+            self.monitor.print(
+                f"Skipped the step at {nimg:,} images: {why} ({self.state.skipped_steps} skipped so far)."
+            )
+        self.precision.after_step(time.time() - t0)
+        if result.applied and result.grad_norm is not None:
+            self.stats.grad_norm_sum = self.stats.grad_norm_sum + result.grad_norm
+            self.stats.grad_norm_count += 1
+        self.stats.step_sec += time.time() - t0
+        self.stats.images += self.batch_size
+
+    def _probe(self):
+        """(encoder, raw, labels) of one micro-batch for measurements, leaving the training stream untouched."""
+        if self._probe_batch is None:
+            self._probe_batch = next(self._data_iter)
+            self._data_iter = itertools.chain([self._probe_batch], self._data_iter)
+        return (self.encoder, *self._probe_batch)
+
+    # ------------------------------------------------------------------ periodic work
+    def report(self, wall_sec: float) -> None:
+        """Reduce the interval's statistics across ranks and log them (collective)."""
+        cfg, s = self.cfg, self.stats
+        nimg = self.state.nimg
+        scalars = s.reduce()
+        self.state.nonfinite_targets += int(scalars["Loss/nonfinite_targets"])
+        img_per_sec = s.images / max(wall_sec, 1e-9)
+        if cfg.ect.objective != "diffusion":  # The diffusion teacher has no stages.
+            scalars.update(
+                {
+                    "ECT/stage": float(stage_at(max(nimg - self.batch_size, 0), cfg.ect)),
+                    "ECT/ratio": nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
+                    "ECT/dt_over_t": 1 - nominal_ratio(max(nimg - self.batch_size, 0), cfg.ect),
+                }
+            )
+        scalars.update(
+            {
+                "Optim/lr": learning_rate(
+                    max(nimg - self.batch_size, 0), cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg
+                ),
+                "Grad/norm": float(s.grad_norm_sum) / s.grad_norm_count if s.grad_norm_count else float("nan"),
+                "Throughput/img_per_sec": img_per_sec,
+                "Throughput/img_per_sec_per_gpu": img_per_sec / self.world_size,
+                "Timing/sec_per_kimg": wall_sec / max(s.images / 1000, 1e-9),
+                "Timing/data_wait_frac": s.data_sec / max(s.step_sec, 1e-9),
+                "Progress/kimg": nimg / 1000,
+                "Progress/skipped_steps": float(self.state.skipped_steps),
+            }
+        )
+        scalars.update(self.precision.scalars())
+        if self.engine.scaler is not None:
+            scalars["Precision/loss_scale"] = self.engine.scaler.scale
+        if self.peak:
+            scalars["Throughput/mfu"] = img_per_sec * self.flops_per_img / (self.peak * self.world_size)
+        if self.device.type == "cuda":
+            peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**30], device=self.device)
+            scalars["Resources/peak_gpu_mem_gb"] = float(dist.all_reduce_(peak, "max"))
+        counters = self.stream.counters()  # Per rank: sum over ranks.
+        if counters:
+            totals = dist.all_reduce_(torch.tensor([float(v) for v in counters.values()], device=self.device))
+            scalars.update({f"Data/{k}": float(v) for k, v in zip(counters, totals.tolist())})
+        self.monitor.log(nimg, scalars)
+        self.last_scalars = scalars
+        s.reset()
+
+
+def main(cfg: Config) -> TrainState:
+    """Entry point used by `launchers/train.py`."""
+    trainer = Trainer(cfg)
+    return trainer.run()
