@@ -62,6 +62,11 @@ class ECTLoss:
         self.cfg = cfg
         self.reduce_any = reduce_any or (lambda flag: flag)
 
+    def flop_passes(self) -> dict[str, float]:
+        """Forward-pass equivalents per image, by network: the online forward with its backward (3) and the
+        stop-gradient target forward (1). Counted nominally, as MFU is (see `train.compute`)."""
+        return {"online": 4.0}
+
     def __call__(
         self,
         net: Net,
@@ -133,6 +138,10 @@ class DiffusionLoss:
 
     def __init__(self, cfg: ECTConfig):
         self.cfg = cfg
+
+    def flop_passes(self) -> dict[str, float]:
+        """Forward-pass equivalents per image: one forward with its backward."""
+        return {"online": 3.0}
 
     def __call__(
         self, net: Net, x0: torch.Tensor, labels, nimg: int, generator=None, dropout_masks=None, t_generator=None

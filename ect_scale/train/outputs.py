@@ -1,7 +1,7 @@
 """What a run produces from its EMAs: world-size-independent network files under <run_dir>/ema, sample grids, and
 in-loop evaluation (FID / FD of each EMA at 1 and 2 steps). Every public method is collective.
 
-    outputs = EMAOutputs(cfg, run_dir, ema, engine, encoder, monitor)
+    outputs = EMAOutputs(cfg, run_dir, ema, engine, encoder, monitor, compute_record)
     if outputs.every.due(before, after): outputs.export(nimg)
     if outputs.evaluator_every.due(before, after): outputs.evaluate(nimg)
 """
@@ -25,7 +25,7 @@ class EMAOutputs:
     """EMA exports (`ema.export_nimg`; 0 = with every checkpoint), their sample grids (`logging.sample_grid`), and
     in-loop evaluation (`eval.interval_nimg`)."""
 
-    def __init__(self, cfg: Config, run_dir: str, ema, engine, encoder, monitor):
+    def __init__(self, cfg: Config, run_dir: str, ema, engine, encoder, monitor, compute_record=None):
         self.network_cfg, self.ect_cfg, self.eval_cfg = cfg.network, cfg.ect, cfg.eval
         self.export_dtype = torch.float16 if cfg.ema.export_dtype == "float16" else torch.float32
         self.grid_samples = cfg.logging.sample_grid
@@ -35,7 +35,7 @@ class EMAOutputs:
         self.exported_at: Optional[int] = None  # Images seen at the last export.
         self.evaluator = None  # Built at the first evaluation (loads detectors).
         self.grids_off_reason: Optional[str] = None  # Why grids cannot be drawn (said once).
-        self.extra_meta: dict = {}  # Added to every exported file's metadata.
+        self.compute_record = compute_record  # () -> train.compute.ComputeRecord, recorded in every export.
 
     def ema_state(self, profile: str) -> dict[str, torch.Tensor]:
         """The full fp32 state of one EMA profile, shaped like the network (collective)."""
@@ -57,8 +57,9 @@ class EMAOutputs:
                     "ema": profile,
                     "encoder": self.encoder.describe(),
                     "config": to_dict(self.ect_cfg),
-                    **self.extra_meta,
                 }
+                if self.compute_record is not None:
+                    meta["compute"] = self.compute_record().to_meta()
                 save_network_file(path, state, self.network_cfg, meta=meta, dtype=self.export_dtype)
                 if i == len(self.ema.profiles) - 1:
                     self.write_sample_grids(profile, state, nimg)

@@ -35,7 +35,7 @@ from ect_scale.runtime import dist
 from ect_scale.runtime.intervals import Interval
 from ect_scale.runtime.procs import arm_exit_watchdog
 from ect_scale.train.compile_cache import setup_compile_cache
-from ect_scale.train.compute import peak_flops
+from ect_scale.train.compute import ComputeMeter, flops_per_image, init_compute, peak_flops
 from ect_scale.train.monitor import Monitor, StepStats
 from ect_scale.train.outputs import EMAOutputs
 from ect_scale.train.prefetch import DevicePrefetcher
@@ -52,6 +52,7 @@ class TrainState:
     skipped_steps: int = 0  # Steps skipped because a loss or the gradient norm was not finite.
     nonfinite_targets: int = 0  # Target-pass samples dropped for being non-finite.
     elapsed_sec: float = 0.0  # Training wall time across resumes.
+    device_sec: float = 0.0  # Training wall time x ranks across resumes (device-seconds; GPU-seconds on GPUs).
     scaler: Optional[LossScaler] = field(default=None, repr=False, compare=False)  # fp16 runs only.
 
     def state_dict(self) -> dict:
@@ -60,6 +61,8 @@ class TrainState:
         return out
 
     def load_state_dict(self, d: dict) -> None:
+        if "device_sec" not in d:  # A checkpoint from before device-seconds were counted: a lower bound.
+            self.device_sec = float(d.get("elapsed_sec", 0.0))
         for k, v in d.items():
             if k == "loss_scaler":
                 if v and self.scaler is not None:
@@ -119,11 +122,17 @@ class Trainer:
         self.batch_size = cfg.train.batch_size
         self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
         self.status_every = Interval(cfg.train.status_nimg)
-        self.outputs = EMAOutputs(cfg, self.run_dir, self.ema, self.engine, self.encoder, self.monitor)
+        fwd_flops = model_stats(cfg.network)["fwd_flops"]
+        self.compute = ComputeMeter(
+            flops_per_image(self.objective.flop_passes(), {"online": fwd_flops}), self.device.type
+        )
+        self.init_compute = init_compute(self.init_meta, fwd_flops)  # Reported alongside, never added.
+        self.outputs = EMAOutputs(
+            cfg, self.run_dir, self.ema, self.engine, self.encoder, self.monitor, compute_record=self.compute_record
+        )
         self.precision = PrecisionControl(
             cfg.engine, cfg.ect, self.engine, say=self.monitor.print, compile_cache=compile_cache
         )
-        self.flops_per_img = model_stats(cfg.network)["train_step_flops"]
         self.peak = peak_flops(self.device)
         self.stop_requested = False  # Set by a signal on this rank ...
         self.stop_all = False  # ... and agreed on by all ranks at the step boundary.
@@ -190,15 +199,17 @@ class Trainer:
                 before = self.state.nimg
                 self.train_step()
                 after = self.state.nimg
-                self.state.elapsed_sec += time.time() - t_start
-                t_start = time.time()
+                now = time.time()
+                self.state.elapsed_sec += now - t_start
+                self.state.device_sec += (now - t_start) * self.world_size
+                t_start = now
                 if self.status_every.due(before, after) or after >= total:
                     self.report(time.time() - last_status)
                     last_status = time.time()
                 if self.outputs.every.due(before, after):
                     self.outputs.export(after)
                 if self.outputs.evaluator_every.due(before, after):
-                    self.outputs.evaluate(after)
+                    self.outputs.evaluate(after, {**self.compute_record().scalars(), **self.init_compute})
                 stop = self.stop_all or (slice_end is not None and slice_end <= after < total)
                 if self.checkpointer is not None and (stop or self.checkpointer.every.due(before, after)):
                     self.save_checkpoint()
@@ -283,6 +294,10 @@ class Trainer:
         self.stats.step_sec += time.time() - t0
         self.stats.images += self.batch_size
 
+    def compute_record(self):
+        """The training compute spent so far (`train.compute.ComputeRecord`)."""
+        return self.compute.record(self.state.nimg, self.state.elapsed_sec, self.state.device_sec)
+
     def _probe(self):
         """(encoder, raw, labels) of one micro-batch for measurements, leaving the training stream untouched."""
         if self._probe_batch is None:
@@ -323,8 +338,10 @@ class Trainer:
         scalars.update(self.precision.scalars())
         if self.engine.scaler is not None:
             scalars["Precision/loss_scale"] = self.engine.scaler.scale
+        scalars.update(self.compute_record().scalars())
+        scalars.update(self.init_compute)
         if self.peak:
-            scalars["Throughput/mfu"] = img_per_sec * self.flops_per_img / (self.peak * self.world_size)
+            scalars["Throughput/mfu"] = img_per_sec * self.compute.flops_per_image / (self.peak * self.world_size)
         if self.device.type == "cuda":
             peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**30], device=self.device)
             scalars["Resources/peak_gpu_mem_gb"] = float(dist.all_reduce_(peak, "max"))

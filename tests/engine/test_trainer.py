@@ -68,6 +68,17 @@ def test_schedules_count_images_across_world_sizes_and_micro_batches(tmp_path):
             assert a[nimg][key] == b[nimg][key], (nimg, key)
     assert a[32]["ECT/stage"] == 1 and a[8]["Optim/lr"] == pytest.approx(0.01)
     assert a[24]["Optim/lr"] == pytest.approx(0.01 / math.sqrt(2))
+    # Compute: every row carries the training FLOPs so far, counted from the network's own FLOP count (ECT: online
+    # forward + backward + target forward = 4 forward passes per image), and device-hours = wall time x ranks.
+    from ect_scale.config import NetworkConfig, from_dict
+    from ect_scale.networks.flops import model_stats
+
+    fwd = model_stats(from_dict(NetworkConfig, {"preset": "tiny-latent"}, "network"))["fwd_flops"]
+    for nimg in a:
+        assert a[nimg]["Compute/train_flops"] == b[nimg]["Compute/train_flops"] == pytest.approx(4 * fwd * nimg)
+    assert 0 < a[8]["Compute/wall_hours"] < a[32]["Compute/wall_hours"]
+    assert a[32]["Compute/device_hours"] == pytest.approx(2 * a[32]["Compute/wall_hours"], rel=1e-6)
+    assert b[32]["Compute/device_hours"] == pytest.approx(b[32]["Compute/wall_hours"], rel=1e-6)
     # Monitoring: TensorBoard events and per-bucket losses exist; EMAs were exported world-size independently.
     assert any(f.startswith("events.out") for f in os.listdir(tmp_path / "w2" / "tensorboard"))
     assert any(k.startswith("Loss/t_") for k in a[8])
