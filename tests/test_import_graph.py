@@ -95,6 +95,7 @@ FLOORS = [
     ["engine"],
     ["checkpoint"],
     ["train"],
+    ["scaling"],
 ]
 
 

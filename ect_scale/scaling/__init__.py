@@ -1,6 +1,6 @@
 """Fitting and reporting for scaling-law studies of ECT runs: metric (e.g. FD) against training compute.
 
-Pure numpy / scipy (matplotlib only inside `plot`); imports nothing from the package but `ect_scale.errors`.
+Pure numpy / scipy (matplotlib only inside `plot`); imports nothing from the package but `ect_scale.runtime.errors`.
 
 - `points`: `Point` (one run: size, params, seed, budget_nimg, compute_flops, costs, metrics, status, reason),
   `write_table` / `read_table` (CSV and JSON; missing and failed points kept with their reason).

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy.optimize import least_squares
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling.points import Point, arrays, size_of
 
 FORMS = ("pure", "floor")

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from scipy.optimize import brentq
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling.fit import Fit, budget_groups
 from ect_scale.scaling.points import Point, by_size, split_usable
 

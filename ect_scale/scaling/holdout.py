@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling.fit import FORMS, N_PARAMS, budget_groups, check_enough, fit_power_law, predict
 from ect_scale.scaling.points import Point, arrays, size_of
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 
 STATUSES = ("ok", "missing", "failed")
 COLUMNS = (

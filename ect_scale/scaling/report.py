@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling.fit import FORMS, N_PARAMS, Fit, budget_groups, fit_points, predict
 from ect_scale.scaling.frontier import best_size_for, compare_sizes, frontier, measured_envelope
 from ect_scale.scaling.holdout import holdout_largest, seed_noise, select_form

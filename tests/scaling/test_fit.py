@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling import fit as fit_mod
 from ect_scale.scaling.fit import fit_points, fit_power_law, predict
 from ect_scale.scaling.holdout import holdout_largest, seed_noise, select_form, select_form_arrays
@@ -168,7 +168,7 @@ def test_bad_points_are_user_errors():
 
 def test_the_scaling_package_imports_only_numpy_scipy_matplotlib_and_errors():
     folder = os.path.join(REPO, "ect_scale", "scaling")
-    allowed = ("numpy", "scipy", "matplotlib", "ect_scale.errors", "ect_scale.scaling", "__future__")
+    allowed = ("numpy", "scipy", "matplotlib", "ect_scale.runtime.errors", "ect_scale.scaling", "__future__")
     for name in os.listdir(folder):
         if name.endswith(".py"):
             tree = ast.parse(open(os.path.join(folder, name)).read())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from ect_scale.errors import UserError
+from ect_scale.runtime.errors import UserError
 from ect_scale.scaling.fit import fit_power_law
 from ect_scale.scaling.frontier import best_size_for, compare_sizes, crossings, frontier, measured_envelope
 from ect_scale.scaling.points import Point
@@ -81,11 +80,9 @@ def _study() -> list[Point]:
     return pts
 
 
-def test_report_end_to_end_writes_json_markdown_and_plots_quickly(tmp_path):
-    start = time.perf_counter()
+def test_report_end_to_end_writes_json_markdown_and_plots(tmp_path):
     analysis = analyse(_study(), metrics=["fd_1step", "fd_2step"], n_boot=30, seed=0)
     paths = write_report(analysis, str(tmp_path))
-    assert time.perf_counter() - start < 5.0
     assert sorted(paths) == ["fd_1step.png", "fd_2step.png", "fits.json", "report.md"]
     for name in ("fd_1step.png", "fd_2step.png"):
         data = (tmp_path / name).read_bytes()
