@@ -194,6 +194,7 @@ class Trainer:
         total = cfg.train.total_nimg
         slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
         t_start = session_start = last_status = time.time()
+        finished = False
         try:
             while self.state.nimg < total:
                 before = self.state.nimg
@@ -214,19 +215,29 @@ class Trainer:
                 if self.checkpointer is not None and (stop or self.checkpointer.every.due(before, after)):
                     self.save_checkpoint()
                 if stop:
+                    if self.checkpointer is not None:
+                        self.checkpointer.wait()  # The background writer commits the stop's checkpoint first.
                     self.monitor.print(
                         f"Stopping at {after:,} images (preemption signal or slice end); "
                         "re-run the same command to resume."
                     )
                     break
+                if self.checkpointer is not None:
+                    self.checkpointer.poll()
             else:
-                if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
-                    self.save_checkpoint()
+                if self.checkpointer is not None:
+                    self.checkpointer.wait()
+                    if not self.checkpointer.saved_at(self.state.nimg):
+                        self.save_checkpoint()
+                        self.checkpointer.wait()
                 if self.outputs.exported_at != self.state.nimg:  # Not yet exported here.
                     self.outputs.export(self.state.nimg)
             self.monitor.print(*run_summary(self, time.time() - session_start))
+            finished = True
         finally:
             arm_exit_watchdog()  # A shutdown that hangs (data workers, TensorBoard, ...) shows its stacks.
+            if self.checkpointer is not None:  # A failing run abandons a save in flight (its peers may be gone).
+                self.checkpointer.close(wait=finished)
             self.monitor.close()
             self.stream.close()
         return self.state

@@ -32,7 +32,8 @@ def _trainer(rank: int, run_dir: str, **extra):
 
 
 def _fail_save_at(trainer, nimg: int, rank: int) -> None:
-    """On `rank`, limit the file size while the save at `nimg` runs (writes beyond 64 KiB fail with EFBIG)."""
+    """On `rank`, limit the file size while the save at `nimg` runs and is written (writes beyond 64 KiB fail with
+    EFBIG)."""
     real_save = trainer.checkpointer.save
 
     def save(t):
@@ -42,7 +43,9 @@ def _fail_save_at(trainer, nimg: int, rank: int) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
         try:
-            return real_save(t)
+            ok = real_save(t)
+            trainer.checkpointer.wait()  # The background writer writes under the limit too.
+            return ok
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 

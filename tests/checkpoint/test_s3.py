@@ -48,7 +48,9 @@ def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
             config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
         )
         try:
-            return real_save(t)
+            ok = real_save(t)
+            trainer.checkpointer.wait()  # The background writer uploads through the broken client.
+            return ok
         finally:
             dest.fs = good
 

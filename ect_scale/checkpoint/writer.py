@@ -1,0 +1,291 @@
+"""Writing a captured save and committing it: the part of a checkpoint that runs while training goes on.
+
+A `SaveJob` holds what one rank captured at the step boundary (its files, with tensors copied to host memory).
+`SaveRunner.run(job)` is collective over the writer's own gloo group (never the training group):
+
+  1. rank 0 removes a leftover folder of the same name (an interrupted save, or a damaged checkpoint that the run
+     did not resume from), marker first; a barrier;
+  2. every rank writes its files: in place on a local/shared filesystem, or into its node-local staging folder
+     and uploaded through `Destination` (which checks each stored size);
+  3. every rank reads its files back for their sizes and CRC32s, and the ranks exchange what they wrote and their
+     errors;
+  4. if every rank succeeded, rank 0 checks every file at the destination with its size (this catches a
+     `checkpoint.dir` that is not shared by all nodes), writes COMPLETE (rename on POSIX, one PUT on object
+     stores), then `latest`, then applies retention; otherwise rank 0 removes the folder.
+
+Nothing before step 4 touches the latest complete checkpoint, so a crash anywhere (the writer, the trainer, the
+node) leaves it the latest. `BackgroundWriter` runs one job at a time in a daemon thread; the big writes and the
+CRC32s release the GIL, so the training thread keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ect_scale.checkpoint.collective import all_gather_object, barrier, broadcast_object, on_main
+from ect_scale.checkpoint.files import FileWrite, WriteLog, write_file
+from ect_scale.checkpoint.layout import LATEST, MARKER, CheckpointError, FileRecord, Marker, nimg_of, retained
+from ect_scale.checkpoint.storage import Destination, crc32_file
+from ect_scale.runtime import dist
+
+
+@dataclass
+class SaveReport:
+    tag: str
+    ok: bool
+    nimg: int = 0
+    background: bool = False  # Written by the background writer while training went on.
+    total_bytes: int = 0  # All ranks' files.
+    rank_bytes: int = 0  # This rank's files.
+    wait_sec: float = 0.0  # Blocking: waiting for the previous save to finish before this one could start.
+    stage_sec: float = 0.0  # Blocking: capturing the state and copying its tensors to host memory.
+    ds_sec: float = 0.0  # ... of which DeepSpeed's save_checkpoint (captured) on this rank.
+    state_sec: float = 0.0  # ... of which the trainer state (EMA + master shards, RNG, stream) on this rank.
+    host_bytes: int = 0  # Tensor bytes copied to host memory on this rank.
+    host_new_bytes: int = 0  # ... of which into newly allocated (and, on GPUs, page-locked) buffers.
+    write_sec: float = 0.0  # Background (or, for a synchronous save, blocking): writing this rank's files.
+    checksum_sec: float = 0.0  # ... reading them back for their CRC32s.
+    upload_sec: float = 0.0  # ... uploading them to object storage.
+    commit_sec: float = 0.0  # ... exchanging records, checking the destination, COMPLETE, `latest`, retention.
+    writer_sec: float = 0.0  # Wall time of the whole write-and-commit (steps 1-4).
+    total_sec: float = 0.0  # From the start of the save to its commit.
+    latest: Optional[str] = None  # The latest complete checkpoint after this save (display form).
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def blocking_sec(self) -> float:
+        """Seconds training stood still for this save."""
+        return self.stage_sec + (0.0 if self.background else self.writer_sec)
+
+
+@dataclass
+class SaveJob:
+    """What one rank captured for one checkpoint."""
+
+    tag: str
+    nimg: int
+    writes: list[FileWrite]
+    log: WriteLog  # Errors met while capturing (a job with an error writes nothing but still votes).
+    report: SaveReport
+    started: float  # time.time() at the start of the save.
+    release: Callable[[], None] = lambda: None  # Hands the host buffers back once the files are written.
+
+
+class SaveRunner:
+    """Writes and commits jobs (see the module docstring). Created on every rank."""
+
+    def __init__(
+        self,
+        dest: Destination,
+        staging: str,
+        ccfg,
+        group: Optional[Any],
+        log: Callable[[str], None],
+    ):
+        self.dest, self.staging, self.ccfg, self.group, self.log = dest, staging, ccfg, group, log
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.latest: Optional[str] = None  # Newest complete tag this process committed or resumed from.
+
+    def folder(self, tag: str) -> str:
+        """Where this rank writes `tag`: the destination itself, or its node-local staging folder."""
+        if self.dest.is_local:
+            return self.dest.path(tag)
+        return os.path.join(self.staging, "save", f"rank{self.rank}", tag)
+
+    def run(self, job: SaveJob) -> SaveReport:
+        report, log = job.report, job.log
+        t0 = time.time()
+        records: list[FileRecord] = []
+        folder = self.folder(job.tag)
+        try:  # Every rank must reach the exchange below, whatever happens here.
+            folder = self._prepare(job.tag, log)
+            records = self._write(job, folder, log, report)
+            if log.error is None and not self.dest.is_local:
+                self._upload(job.tag, folder, records, log, report)
+        except Exception as e:  # noqa: BLE001
+            log.fail(f"writing {job.tag}", e)
+            records = []
+        finally:
+            job.release()
+        t = time.time()
+        report.rank_bytes = sum(r.size for r in records)
+        gathered = all_gather_object((log.error, [r.__dict__ for r in records]), self.group)
+        report.errors = {r: e for r, (e, _) in enumerate(gathered) if e}
+        files = {d["path"]: FileRecord(**d) for _, recs in gathered for d in recs}
+        if not report.errors:
+            report.errors = self._commit(Marker(job.tag, job.nimg, self.world_size, files, time.time() - job.started))
+        report.ok = not report.errors
+        if not report.ok:
+            self._discard(job.tag)
+        report.total_bytes = sum(f.size for f in files.values())
+        report.latest = self._latest_display(job.tag if report.ok else None)
+        if not self.dest.is_local:
+            shutil.rmtree(folder, ignore_errors=True)
+        report.commit_sec = time.time() - t
+        report.writer_sec = time.time() - t0
+        report.total_sec = time.time() - job.started
+        return report
+
+    # ------------------------------------------------------------------ steps
+    def _prepare(self, tag: str, log: WriteLog) -> str:
+        """Rank 0 removes a stale folder of the same name; every rank creates its write folder."""
+        if dist.is_main():
+            try:
+                if tag in self.dest.tags():
+                    complete = self.dest.is_complete(tag)
+                    self.dest.remove_checkpoint(tag)
+                    if complete:
+                        self.log(
+                            f"replaced {self.dest.display(tag)}, left by an earlier attempt that was not resumed from"
+                        )
+            except Exception as e:  # noqa: BLE001
+                log.fail(f"removing the stale {self.dest.display(tag)}", e)
+        barrier(self.group)
+        folder = self.folder(tag)
+        try:
+            if not self.dest.is_local:
+                shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            log.fail(f"creating {folder}", e)
+        return folder
+
+    def _write(self, job: SaveJob, folder: str, log: WriteLog, report: SaveReport) -> list[FileRecord]:
+        """This rank's files, then their sizes and CRC32s (read back from the page cache)."""
+        t = time.time()
+        for fw in job.writes:
+            if log.error is not None:
+                break
+            try:
+                log.paths.append(write_file(folder, fw))
+            except Exception as e:  # noqa: BLE001 - any write failure (ENOSPC, EFBIG, EIO) is reported collectively
+                log.fail(f"writing {os.path.join(folder, fw.rel)}", e)
+        report.write_sec = time.time() - t
+        t = time.time()
+        out = []
+        if log.error is None:
+            try:
+                for p in log.paths:
+                    rel = os.path.relpath(p, folder).replace(os.sep, "/")
+                    out.append(FileRecord(rel, os.path.getsize(p), crc32_file(p), self.rank))
+            except OSError as e:
+                log.fail("reading back the written files", e)
+                out = []
+        report.checksum_sec = time.time() - t
+        return out
+
+    def _upload(self, tag: str, folder: str, records: list[FileRecord], log: WriteLog, report: SaveReport) -> None:
+        t = time.time()
+        for rec in records:
+            try:
+                self.dest.upload(os.path.join(folder, rec.path), tag, rec.path)
+            except Exception as e:  # noqa: BLE001 - network and permission errors alike
+                log.fail(f"uploading {rec.path} to {self.dest.display(tag)}", e)
+                break
+        report.upload_sec = time.time() - t
+
+    def _commit(self, marker: Marker) -> dict[int, str]:
+        """Rank 0: check every file at the destination, write COMPLETE, update `latest`, prune (collective)."""
+        error = None
+        if dist.is_main():
+            try:
+                self._check_destination(marker)
+                self.dest.write_text_atomic(marker.to_text(), marker.tag, MARKER)
+            except Exception as e:  # noqa: BLE001
+                error = f"committing: {type(e).__name__}: {e}"
+            if error is None:
+                self._after_commit(marker.tag)
+        error = broadcast_object(error, self.group)
+        if error is None:
+            self.latest = marker.tag
+        return {0: error} if error else {}
+
+    def _check_destination(self, marker: Marker) -> None:
+        sizes = self.dest.sizes(marker.tag)
+        for rel, rec in marker.files.items():
+            size = sizes.get(rel)
+            if size != rec.size:
+                raise CheckpointError(
+                    f"rank {rec.rank}'s file {rel} is {'missing' if size is None else f'{size} bytes'} at "
+                    f"{self.dest.display(marker.tag)} (wrote {rec.size} bytes). Fix: checkpoint.dir must be a "
+                    "filesystem shared by all nodes (or object storage, s3://...)"
+                )
+
+    def _after_commit(self, tag: str) -> None:
+        """Rank 0, best effort: the `latest` pointer and retention (a failure here loses nothing)."""
+        try:
+            self.dest.write_text_atomic(tag + "\n", LATEST)
+            tags = self.dest.tags()
+            complete = {t: nimg_of(t) for t in tags if self.dest.is_complete(t)}
+            keep = retained(list(complete.values()), self.ccfg.keep_last, self.ccfg.keep_every_nimg)
+            for t in tags:
+                if t != tag and (t not in complete or complete[t] not in keep):
+                    self.dest.remove_checkpoint(t)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"WARNING: retention after {tag} failed ({type(e).__name__}: {e}); old checkpoints remain")
+
+    def _discard(self, tag: str) -> None:
+        """A failed save: rank 0 removes its folder (it has no marker; the next save prunes it otherwise)."""
+        if dist.is_main():
+            try:
+                self.dest.remove_checkpoint(tag)
+            except Exception:  # noqa: BLE001
+                pass
+        barrier(self.group)
+
+    def _latest_display(self, committed: Optional[str]) -> str:
+        """The latest complete checkpoint for messages: the one just committed, else the newest this process
+        committed or resumed from (known without asking a store that may be failing), else a listing."""
+        if committed or self.latest:
+            return self.dest.display(committed or self.latest)
+        try:
+            complete = on_main(lambda: [t for t in self.dest.tags() if self.dest.is_complete(t)], self.group)
+        except Exception as e:  # noqa: BLE001 - only for a message
+            return f"unknown (listing {self.dest.url} failed: {type(e).__name__})"
+        return self.dest.display(complete[-1]) if complete else "none (a failed first save)"
+
+
+class BackgroundWriter:
+    """Runs one job at a time in a daemon thread (a daemon, so that a crashing trainer is not held up by it: the
+    interrupted save then has no COMPLETE marker and the previous checkpoint stays the latest)."""
+
+    def __init__(self, run: Callable[[SaveJob], SaveReport]):
+        self._run = run
+        self._thread: Optional[threading.Thread] = None
+        self._job: Optional[SaveJob] = None
+        self._report: Optional[SaveReport] = None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def done(self) -> bool:
+        """A job was submitted and has finished (its report is ready for `wait`)."""
+        return self._job is not None and not self._thread.is_alive()
+
+    def submit(self, job: SaveJob) -> None:
+        assert self._job is None, "one save at a time: wait() for the previous one first"
+        self._job, self._report = job, None
+        self._thread = threading.Thread(target=self._main, args=(job,), name="ect_scale-checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _main(self, job: SaveJob) -> None:
+        try:
+            self._report = self._run(job)
+        except BaseException as e:  # noqa: BLE001 - a crashed writer is a failed save, reported by wait()
+            job.report.ok = False
+            job.report.errors = {dist.get_rank(): f"background writer crashed: {type(e).__name__}: {e}"}
+            self._report = job.report
+
+    def wait(self) -> Optional[SaveReport]:
+        """Block until the job in flight (if any) has finished; return its report and forget it."""
+        if self._job is None:
+            return None
+        self._thread.join()
+        report, self._job, self._thread = self._report, None, None
+        return report
