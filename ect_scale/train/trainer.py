@@ -153,6 +153,8 @@ class Trainer:
                 resumed_nimg=self.state.nimg if resumed else None,
             )
         )
+        if resumed:
+            self.outputs.after_resume(self.state.nimg, self.batch_size)
         self._data_iter: Iterator = iter(self.stream)
 
     # ------------------------------------------------------------------ setup
