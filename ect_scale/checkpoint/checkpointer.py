@@ -60,6 +60,7 @@ class Checkpointer:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.plan: Optional[ResumePlan] = None
         self._planned = False
+        self.plan_sec = self.load_sec = 0.0  # Resume: choosing and verifying the checkpoint; loading it.
         self.last_saved_nimg: Optional[int] = None  # Images seen at the newest save this process committed.
         self.resumed_nimg: Optional[int] = None
         self.failures = 0
@@ -78,7 +79,9 @@ class Checkpointer:
     # ------------------------------------------------------------------ resume
     def engine_overrides(self) -> Optional[dict]:
         """Pick the checkpoint to resume from (verify, download, convert); DeepSpeed settings its load needs."""
+        t0 = time.time()
         self.plan = plan_resume(self.ccfg, self.spec, self.dest, self.staging, self.log)
+        self.plan_sec = time.time() - t0
         self._planned = True
         if self.plan is not None and self.plan.universal:
             return {"checkpoint": {"load_universal": True}}
@@ -99,7 +102,7 @@ class Checkpointer:
         notes = restore_state(parts, plan, self.rank, self.world_size)
         self.resumed_nimg = parts.state.nimg
         self.runner.latest = plan.tag
-        secs = time.time() - t0
+        secs = self.load_sec = time.time() - t0
         how = (
             "exact resume"
             if not plan.universal and plan.saved_world_size == self.world_size
@@ -112,7 +115,7 @@ class Checkpointer:
         )
         self.log(
             f"resumed from {self.dest.display(plan.tag)} at {parts.state.nimg:,} images ({how}; "
-            f"{plan.marker.total_bytes / 2**20:.1f} MiB, loaded in {secs:.1f} s)"
+            f"{plan.marker.total_bytes / 2**20:.1f} MiB, verified in {self.plan_sec:.1f} s, loaded in {secs:.1f} s)"
         )
         for note in notes:
             self.log(note)
@@ -254,10 +257,7 @@ def describe(r: SaveReport) -> str:
     """Size and time breakdown of a successful save: what blocked training, and what ran in the background."""
     size = f"({r.total_bytes / 2**20:.1f} MiB, {r.rank_bytes / 2**20:.1f} MiB on rank 0)"
     stage = f"DeepSpeed {r.ds_sec:.2f} s, trainer state {r.state_sec:.2f} s"
-    files = (
-        f"files {r.write_sec:.2f} s, checksums {r.checksum_sec:.2f} s, upload {r.upload_sec:.2f} s, "
-        f"commit {r.commit_sec:.2f} s"
-    )
+    files = f"files + CRC32 {r.write_sec:.2f} s, upload {r.upload_sec:.2f} s, commit {r.commit_sec:.2f} s"
     if not r.background:
         return f"{size} in {r.total_sec:.2f} s, all blocking ({stage}, {files})"
     waited = f"waiting for the previous save {r.wait_sec:.2f} s, " if r.wait_sec > 0.005 else ""

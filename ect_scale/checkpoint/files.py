@@ -8,14 +8,16 @@ reaches the collective decision about the save.
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from ect_scale.checkpoint.shards import write_safetensors
+from ect_scale.checkpoint.storage import CHUNK
 
 
 @dataclass
@@ -37,27 +39,40 @@ class FileWrite:
     payload: Any  # Staged state dict | (tensors, metadata) | str | source path.
     zipfile: bool = True  # torch.save's _use_new_zipfile_serialization (DeepSpeed's checkpoint_serialization).
 
-    @property
-    def nbytes_hint(self) -> int:
-        """Tensor bytes in the payload (for progress messages; 0 if unknown)."""
-        if self.kind == "safetensors":
-            return sum(t.numel() * t.element_size() for t in self.payload[0].values())
-        return 0
+
+class _Checksummed(io.RawIOBase):
+    """A binary file that keeps the CRC32 and size of what went through it (no second read of the file)."""
+
+    def __init__(self, f):
+        self.f, self.crc, self.size = f, 0, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.crc = zlib.crc32(b, self.crc)  # Releases the GIL for large buffers, as the write does.
+        n = self.f.write(b)
+        self.size += n
+        return n
 
 
-def write_file(folder: str, fw: FileWrite) -> str:
-    """Write one file under `folder`; returns its path. Raises on failure (OSError, RuntimeError, ...)."""
+def write_file(folder: str, fw: FileWrite) -> tuple[str, int, int]:
+    """Write one file under `folder`; returns (path, size, CRC32 of the bytes written). Raises on failure
+    (OSError, RuntimeError, ...)."""
     path = os.path.join(folder, *fw.rel.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if fw.kind == "torch":
-        torch.save(fw.payload, path, _use_new_zipfile_serialization=fw.zipfile)
-    elif fw.kind == "safetensors":
-        write_safetensors(path, *fw.payload)
-    elif fw.kind == "text":
-        with open(path, "w") as f:
-            f.write(fw.payload)
-    elif fw.kind == "copy":
-        shutil.copyfile(fw.payload, path)
-    else:
-        raise ValueError(f"unknown file kind {fw.kind!r}")
-    return path
+    with open(path, "wb") as raw:
+        f = _Checksummed(raw)
+        if fw.kind == "torch":
+            torch.save(fw.payload, f, _use_new_zipfile_serialization=fw.zipfile)
+        elif fw.kind == "safetensors":
+            write_safetensors(f, *fw.payload)
+        elif fw.kind == "text":
+            f.write(fw.payload.encode())
+        elif fw.kind == "copy":
+            with open(fw.payload, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    f.write(chunk)
+        else:
+            raise ValueError(f"unknown file kind {fw.kind!r}")
+    return path, f.size, f.crc

@@ -16,6 +16,7 @@ Because the table is stored, any set of rank files can be consolidated into full
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from typing import Any, Iterable, Optional
@@ -129,22 +130,22 @@ def _raw_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B") if flat.numel() else memoryview(b"")
 
 
-def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors(path_or_file, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file (the format of huggingface/safetensors: 8-byte little-endian header length, a JSON header
     of dtype / shape / data_offsets per tensor plus `__metadata__`, padded with spaces to 8 bytes, then the raw
     little-endian data), streamed from host tensors in 64 MiB writes, which release the GIL, so a background writer
-    does not stall the training thread and no second copy of the data is made."""
+    does not stall the training thread and no second copy of the data is made. Takes a path or a binary file."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, t in tensors.items():
         if t.dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: cannot write {name} of dtype {t.dtype} to a safetensors file")
+            raise CheckpointError(f"cannot write {name} of dtype {t.dtype} to a safetensors file")
         nbytes = t.numel() * t.element_size()
         header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-(8 + len(head)) % 8)
-    with open(path, "wb") as f:
+    with open(path_or_file, "wb") if isinstance(path_or_file, str) else contextlib.nullcontext(path_or_file) as f:
         f.write(len(head).to_bytes(8, "little"))
         f.write(head)
         for t in tensors.values():

@@ -7,15 +7,15 @@ A `SaveJob` holds what one rank captured at the step boundary (its files, with t
      did not resume from), marker first; a barrier;
   2. every rank writes its files: in place on a local/shared filesystem, or into its node-local staging folder
      and uploaded through `Destination` (which checks each stored size);
-  3. every rank reads its files back for their sizes and CRC32s, and the ranks exchange what they wrote and their
-     errors;
+  3. every rank checks the size of each file on disk (the CRC32 is computed from the bytes as they are written),
+     and the ranks exchange what they wrote and their errors;
   4. if every rank succeeded, rank 0 checks every file at the destination with its size (this catches a
      `checkpoint.dir` that is not shared by all nodes), writes COMPLETE (rename on POSIX, one PUT on object
      stores), then `latest`, then applies retention; otherwise rank 0 removes the folder.
 
 Nothing before step 4 touches the latest complete checkpoint, so a crash anywhere (the writer, the trainer, the
 node) leaves it the latest. `BackgroundWriter` runs one job at a time in a daemon thread; the big writes and the
-CRC32s release the GIL, so the training thread keeps running.
+CRC32s release the GIL, so the training thread keeps running. Resume verifies every file against the CRC32s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 from ect_scale.checkpoint.collective import all_gather_object, barrier, broadcast_object, on_main
 from ect_scale.checkpoint.files import FileWrite, WriteLog, write_file
 from ect_scale.checkpoint.layout import LATEST, MARKER, CheckpointError, FileRecord, Marker, nimg_of, retained
-from ect_scale.checkpoint.storage import Destination, crc32_file
+from ect_scale.checkpoint.storage import Destination
 from ect_scale.runtime import dist
 
 
@@ -48,8 +48,7 @@ class SaveReport:
     state_sec: float = 0.0  # ... of which the trainer state (EMA + master shards, RNG, stream) on this rank.
     host_bytes: int = 0  # Tensor bytes copied to host memory on this rank.
     host_new_bytes: int = 0  # ... of which into newly allocated (and, on GPUs, page-locked) buffers.
-    write_sec: float = 0.0  # Background (or, for a synchronous save, blocking): writing this rank's files.
-    checksum_sec: float = 0.0  # ... reading them back for their CRC32s.
+    write_sec: float = 0.0  # Background (or, for a synchronous save, blocking): writing this rank's files (+CRC32).
     upload_sec: float = 0.0  # ... uploading them to object storage.
     commit_sec: float = 0.0  # ... exchanging records, checking the destination, COMPLETE, `latest`, retention.
     writer_sec: float = 0.0  # Wall time of the whole write-and-commit (steps 1-4).
@@ -156,28 +155,22 @@ class SaveRunner:
         return folder
 
     def _write(self, job: SaveJob, folder: str, log: WriteLog, report: SaveReport) -> list[FileRecord]:
-        """This rank's files, then their sizes and CRC32s (read back from the page cache)."""
+        """This rank's files, with the size and CRC32 of the bytes written (computed on the way, not re-read)."""
         t = time.time()
+        out = []
         for fw in job.writes:
             if log.error is not None:
                 break
             try:
-                log.paths.append(write_file(folder, fw))
+                path, size, crc = write_file(folder, fw)
+                log.paths.append(path)
+                if os.path.getsize(path) != size:
+                    raise OSError(f"{path} has {os.path.getsize(path)} bytes on disk, {size} were written")
+                out.append(FileRecord(fw.rel, size, crc, self.rank))
             except Exception as e:  # noqa: BLE001 - any write failure (ENOSPC, EFBIG, EIO) is reported collectively
                 log.fail(f"writing {os.path.join(folder, fw.rel)}", e)
         report.write_sec = time.time() - t
-        t = time.time()
-        out = []
-        if log.error is None:
-            try:
-                for p in log.paths:
-                    rel = os.path.relpath(p, folder).replace(os.sep, "/")
-                    out.append(FileRecord(rel, os.path.getsize(p), crc32_file(p), self.rank))
-            except OSError as e:
-                log.fail("reading back the written files", e)
-                out = []
-        report.checksum_sec = time.time() - t
-        return out
+        return out if log.error is None else []
 
     def _upload(self, tag: str, folder: str, records: list[FileRecord], log: WriteLog, report: SaveReport) -> None:
         t = time.time()
