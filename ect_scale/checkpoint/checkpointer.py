@@ -15,7 +15,7 @@ A save (collective) first waits for the previous one, then captures DeepSpeed's 
 with every tensor copied to host memory (`staging.py`; on GPUs pinned buffers kept between saves), and hands the
 files to the background writer (`writer.py`: its own gloo group, never the training group), which writes them,
 checks them and commits COMPLETE once every rank's files are in place. Training continues meanwhile. With
-`checkpoint.async_save: false` the same steps run at once, on the training thread.
+`checkpoint.async_save: false` (the `auto` choice on CPUs) the same steps run at once, on the training thread.
 
 A save never damages the latest checkpoint. A failed save (full disk, lost connection) is reported on every rank,
 its folder removed, and training continues; `checkpoint.max_consecutive_failures` failures in a row stop it.
@@ -65,11 +65,12 @@ class Checkpointer:
         self.resumed_nimg: Optional[int] = None
         self.failures = 0
         self.reports: list[SaveReport] = []  # Every finished save of this process, in order.
-        on_gpu = dist.device().type == "cuda"
-        self.stager = HostStager(copy_tensors=ccfg.async_save, keep=True, pin=on_gpu)
-        group = writer_group() if ccfg.async_save else None  # Collective: every rank builds its Checkpointer.
+        device = dist.device().type
+        background = ccfg.use_async(device)
+        self.stager = HostStager(copy_tensors=background, keep=True, pin=device == "cuda")
+        group = writer_group() if background else None  # Collective: every rank builds its Checkpointer.
         self.runner = SaveRunner(self.dest, self.staging, ccfg, group, self.log)
-        self.writer = BackgroundWriter(self.runner.run) if ccfg.async_save else None
+        self.writer = BackgroundWriter(self.runner.run) if background else None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -8,9 +8,10 @@ storage met twice in one save (the fp32 master partitions are in DeepSpeed's opt
 state) is copied once.
 
 Buffers are kept between saves (a pool by exact size; `release` hands them back once the files are written). On
-CUDA they are page-locked in place with cudaHostRegister (torch's pinned allocator would round each size up to a
-power of two) and the copies are queued on the current stream, then one synchronisation: after `finish` the host
-copies hold the state of the step boundary and training may overwrite the originals.
+CUDA those of 1 MiB and more are anonymous memory mappings page-locked in place with cudaHostRegister (torch's
+pinned allocator would round each size up to a power of two; a mapping of its own means no locked page is shared
+with another allocation), and their copies are queued on the current stream, then one synchronisation: after
+`finish` the host copies hold the state of the step boundary and training may overwrite the originals.
 
 Other leaves of the nest are copied too (a pickle round trip), so a later change of a DeepSpeed attribute cannot
 reach a file; a tensor hidden inside such an object is refused rather than written later at another step.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import enum
 import io
+import mmap
 import pickle
 import time
 from typing import Any
@@ -29,6 +31,7 @@ import torch
 
 from ect_scale.checkpoint.layout import CheckpointError
 
+PIN_MIN_BYTES = 1 << 20  # Smaller storages (step counters, RNG states, buffers) are copied through pageable memory.
 _PLAIN = (int, float, complex, str, bytes, bool, type(None), torch.dtype, torch.device, torch.Size, enum.Enum)
 
 
@@ -124,17 +127,18 @@ class HostStager:
         if self.keep:
             for buf in self._in_use:
                 self._pool.setdefault(buf.numel(), []).append(buf)
-        elif self.pin:
+        else:
             for buf in self._in_use:
-                _unregister_pinned(buf)
+                if self._pinned(buf.numel()):
+                    _unregister_pinned(buf)
         self._in_use = []
         self._seen = {}
 
     def close(self) -> None:
         self.release()
-        if self.pin:
-            for bufs in self._pool.values():
-                for buf in bufs:
+        for bufs in self._pool.values():
+            for buf in bufs:
+                if self._pinned(buf.numel()):
                     _unregister_pinned(buf)
         self._pool = {}
 
@@ -159,7 +163,7 @@ class HostStager:
             buf = self._buffer(nbytes)
             if nbytes:
                 src = torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
-                asynchronous = self.pin and t.is_cuda
+                asynchronous = self._pinned(nbytes) and t.is_cuda
                 buf.copy_(src, non_blocking=asynchronous)
                 self._pending_cuda |= asynchronous
             self.copied_bytes += nbytes
@@ -173,10 +177,15 @@ class HostStager:
             buf = free.pop()
         else:
             t0 = time.perf_counter()
-            buf = torch.empty(nbytes, dtype=torch.uint8)
-            if self.pin and nbytes:
+            if self._pinned(nbytes):  # Its own pages (an anonymous mapping): nothing else shares a locked page.
+                buf = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
                 _register_pinned(buf)
+            else:
+                buf = torch.empty(nbytes, dtype=torch.uint8)
             self.alloc_sec += time.perf_counter() - t0
             self.new_bytes += nbytes
         self._in_use.append(buf)
         return buf
+
+    def _pinned(self, nbytes: int) -> bool:
+        return self.pin and nbytes >= PIN_MIN_BYTES

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from ect_scale.config.base import check
 
@@ -17,10 +17,16 @@ class CheckpointConfig:
     keep_every_nimg: int = 0  # ... plus the first one after every multiple of N images, forever (0 = none).
     resume: bool = True  # Re-running the same command resumes from the latest complete checkpoint.
     checksum: bool = True  # CRC32 of every file in the COMPLETE marker, verified before resuming (cannot be off).
-    async_save: bool = True  # Block training only to copy the state to host memory; write and commit in background.
+    # Block training only to copy the state to host memory, write and commit in the background. auto = on when
+    # training on GPUs; off on CPUs, where the writer would take cores from training (docs/checkpoints.md).
+    async_save: Union[bool, Literal["auto"]] = "auto"
     staging_dir: Optional[str] = None  # Node-local scratch (object-store transfers, universal conversion); $TMPDIR.
     convert_workers: int = 4  # Processes for DeepSpeed's ds_to_universal (resume at another world size).
     max_consecutive_failures: int = 3  # Stop training after this many failed saves in a row (the last good stays).
+
+    def use_async(self, device_type: str) -> bool:
+        """Whether saves are asynchronous on this device type ("cuda" / "cpu")."""
+        return self.async_save if isinstance(self.async_save, bool) else device_type == "cuda"
 
     def validate(self, path: str = "checkpoint") -> None:
         p = path or "checkpoint"

@@ -20,6 +20,7 @@ BASE = {
     "ema.export_nimg": 0,
     "ema.export_dtype": "float32",
     "checkpoint.convert_workers": 1,
+    "checkpoint.async_save": "true",  # The GPU default (`auto` is synchronous on CPUs): every test covers it.
 }
 
 

@@ -2,7 +2,8 @@
 * host copies keep views, shared storage, Parameters and values of the step boundary; a tensor hidden in an
   object is refused rather than written later; buffers are reused by the next save;
 * the streamed safetensors writer's files read back exactly with safetensors itself;
-* `checkpoint.checksum: false` is refused, naming the reason;
+* `checkpoint.async_save: auto` is asynchronous on GPUs only; `checkpoint.checksum: false` is refused, naming the
+  reason;
 * a checkpoint whose marker lists a file without a CRC32 (older `checksum: false` runs) and holding a non-finite
   value is not resumed from: with no other checkpoint the error is one line."""
 
@@ -67,6 +68,13 @@ def test_streamed_safetensors_read_back_exactly(tmp_path):
     back = load_file(path)
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
     assert safe_open(path, "pt").metadata() == {"ect_scale.format": "test"}
+
+
+def test_background_saves_are_the_default_on_gpus_only():
+    auto = CheckpointConfig()
+    assert auto.async_save == "auto" and auto.use_async("cuda") and not auto.use_async("cpu")
+    assert CheckpointConfig(async_save=True).use_async("cpu")
+    assert not CheckpointConfig(async_save=False).use_async("cuda")
 
 
 def test_checksums_cannot_be_switched_off():
