@@ -116,7 +116,7 @@ def leg_save(cfg, args, base: dict) -> None:
         },
     )
     for i in range(1, args.saves + 1):
-        _make_room(ckpt, args)
+        _make_room(ckpt, f"save {i}")
         _sync()
         t = time.perf_counter()
         ckpt.save(trainer)  # Returns once the state is in host memory.
@@ -164,7 +164,7 @@ def leg_save(cfg, args, base: dict) -> None:
         _sync_save(trainer, cfg, args, base, Checkpointer, RunSpec)
     # The checkpoint leg `resume` starts from: one more save, and the digest of the state it holds, taken before
     # any further step (not timed: the digest would distort the measurements above).
-    _make_room(ckpt, args)
+    _make_room(ckpt, "the last save")
     ckpt.save(trainer)
     digests = {"nimg": trainer.state.nimg, "digests": state_digests(trainer)}
     ckpt.wait()
@@ -175,23 +175,24 @@ def leg_save(cfg, args, base: dict) -> None:
     trainer.monitor.close()
 
 
-def _make_room(ckpt, args) -> None:
-    """Keep the disk from overflowing on small machines: with less free space than twice the last checkpoint,
-    remove all but the newest complete one before the next save (said in the output)."""
+def _make_room(ckpt, what: str) -> None:
+    """Keep the disk from overflowing on small machines (one EDM2-XL checkpoint is 38 GB, the 1-GPU hosts have
+    64 GB): with less free space than 1.1 x the last checkpoint, remove every complete one before the next save
+    (said in the output; the resume leg only needs the last save)."""
     if not ckpt.reports or not ckpt.dest.is_local:
         return
-    need = 2.2 * ckpt.reports[-1].total_bytes
+    need = 1.1 * ckpt.reports[-1].total_bytes
     if shutil.disk_usage(ckpt.dest.root).free >= need:
         return
-    complete = [t for t in ckpt.dest.tags() if ckpt.dest.is_complete(t)]
-    for tag in complete[:-1]:
+    for tag in [t for t in ckpt.dest.tags() if ckpt.dest.is_complete(t)]:
         ckpt.dest.remove_checkpoint(tag)
-        print(f"checkpoint_async: removed {tag} to make room on the disk", flush=True)
+        print(f"checkpoint_async: removed {tag} to make room on the disk for {what}", flush=True)
 
 
 def _sync_save(trainer, cfg, args, base: dict, Checkpointer, RunSpec) -> None:
     """One synchronous save of the same state into another folder (the behaviour before asynchronous saves)."""
     ccfg = dataclasses.replace(cfg.checkpoint, async_save=False, dir=os.path.join(cfg.run_dir, "sync_checkpoints"))
+    _make_room(trainer.checkpointer, "the synchronous save")
     free = shutil.disk_usage(cfg.run_dir).free
     need = 1.1 * trainer.checkpointer.reports[-1].total_bytes
     if free < need:
