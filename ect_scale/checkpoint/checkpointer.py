@@ -262,8 +262,12 @@ def describe(r: SaveReport) -> str:
     if not r.background:
         return f"{size} in {r.total_sec:.2f} s, all blocking ({stage}, {files})"
     waited = f"waiting for the previous save {r.wait_sec:.2f} s, " if r.wait_sec > 0.005 else ""
-    new = f"; {r.host_new_bytes / 2**30:.2f} GiB of host buffers allocated" if r.host_new_bytes else ""
+    new = f"; {_size(r.host_new_bytes)} of host buffers allocated" if r.host_new_bytes else ""
     return (
         f"{size} in {r.total_sec:.2f} s: training blocked {r.blocking_sec + r.wait_sec:.2f} s ({waited}copy to "
         f"host memory {r.stage_sec:.2f} s: {stage}{new}), background {r.writer_sec:.2f} s ({files})"
     )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -245,8 +245,8 @@ class Trainer:
         return self.state
 
     def save_checkpoint(self) -> bool:
-        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`;
-        after the commit, so an export cannot spoil it)."""
+        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`; after
+        the state is captured, so an export cannot spoil it; a resume writes an export that a kill prevented)."""
         ok = self.checkpointer.save(self)
         if self.cfg.ema.export_nimg == 0:
             self.outputs.export(self.state.nimg)

@@ -1,4 +1,5 @@
 """The pieces of an asynchronous save and of verification, without a training run (fast):
+* the background writer runs one save at a time and turns its own crash into a failed save;
 * host copies keep views, shared storage, Parameters and values of the step boundary; a tensor hidden in an
   object is refused rather than written later; buffers are reused by the next save;
 * the streamed safetensors writer's files read back exactly with safetensors itself;
@@ -9,15 +10,18 @@
 
 import json
 import os
+import time
 
 import pytest
 import torch
 
+from ect_scale.checkpoint.files import WriteLog
 from ect_scale.checkpoint.layout import FileRecord, Marker, RunSpec, rank_file, tag_for
 from ect_scale.checkpoint.resume import plan_resume, verify_files
 from ect_scale.checkpoint.shards import FORMAT, write_safetensors
 from ect_scale.checkpoint.staging import HostStager
 from ect_scale.checkpoint.storage import Destination
+from ect_scale.checkpoint.writer import BackgroundWriter, SaveJob, SaveReport
 from ect_scale.config import CheckpointConfig
 from ect_scale.runtime.errors import UserError
 
@@ -68,6 +72,33 @@ def test_streamed_safetensors_read_back_exactly(tmp_path):
     back = load_file(path)
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
     assert safe_open(path, "pt").metadata() == {"ect_scale.format": "test"}
+
+
+def _job(tag: str) -> SaveJob:
+    return SaveJob(tag, 8, [], WriteLog(), SaveReport(tag, ok=False), started=time.time())
+
+
+def test_the_background_writer_runs_one_save_at_a_time_and_reports_a_crash():
+    def slow(job):
+        time.sleep(0.2)
+        job.report.ok = True
+        return job.report
+
+    writer = BackgroundWriter(slow)
+    writer.submit(_job("a"))
+    assert writer.busy and not writer.done()
+    with pytest.raises(AssertionError, match="one save at a time"):
+        writer.submit(_job("b"))
+    report = writer.wait()
+    assert report.ok and report.tag == "a" and not writer.busy and writer.wait() is None
+
+    def crash(job):
+        raise MemoryError("no room")
+
+    writer = BackgroundWriter(crash)
+    writer.submit(_job("c"))
+    report = writer.wait()
+    assert not report.ok and report.errors == {0: "background writer crashed: MemoryError: no room"}
 
 
 def test_background_saves_are_the_default_on_gpus_only():
