@@ -19,6 +19,7 @@
 #   PRESETS=xl SYNC_PRESETS=xl bash benchmarks/checkpoint_async.sh   # XL with its synchronous save too
 #   DS_ACCELERATOR=cpu bash benchmarks/checkpoint_async.sh    # CPU: tiny-latent (PRESETS="tiny xs" adds EDM2-XS)
 #
+# Each preset's legs are limited to $LIMIT_SAVE (400) + $LIMIT_RESUME (180) seconds, so one preset fits a 10-minute call.
 # Last line: "checkpoint_async: PASS ..." or "checkpoint_async: FAIL ...".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,8 +62,8 @@ for p in $PRESETS; do
   [[ $p == tiny ]] && ARGS+=(--data.synthetic_resolution=16 --data.synthetic_label_dim=10)
   [[ $DEVICE == cpu ]] && ARGS+=(--engine.precision=bf16)  # fp16 needs a GPU.
   SYNC=(); [[ " $SYNC_PRESETS " == *" $p "* ]] && SYNC=(--sync-save)
-  leg "$p" save "${LIMIT_SAVE:-420}" "${ARGS[@]}" --saves "$SAVES" --baseline "$BASELINE" "${SYNC[@]}"
-  leg "$p" resume "${LIMIT_RESUME:-300}" "${ARGS[@]}"
+  leg "$p" save "${LIMIT_SAVE:-400}" "${ARGS[@]}" --saves "$SAVES" --baseline "$BASELINE" "${SYNC[@]}"
+  leg "$p" resume "${LIMIT_RESUME:-180}" "${ARGS[@]}"
   rm -rf "$WORK/$p"
 done
 WALL=$(( $(date +%s) - T0 ))
