@@ -73,6 +73,7 @@ import json, sys
 path, presets, wall, device = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4]
 rows = [json.loads(l) for l in open(path) if l.startswith("{")]
 TARGET = {"s": 1.5, "xl": 3.0}  # Issue 22: blocking seconds per save.
+size = lambda gib: f"{gib:.2f} GiB" if gib >= 1 else f"{gib * 1024:.1f} MiB"  # noqa: E731
 fails, lines = [], []
 for p in presets:
     saves = [r for r in rows if r["name"] == p and r["measure"] == "async_save"]
@@ -88,7 +89,7 @@ for p in presets:
     lost = max(r["lost_frac_at_300s"] for r in later)
     t = TARGET.get(p)
     line = (
-        f"  {p}: {saves[0]['checkpoint_gib']:.1f} GiB per save on {saves[0]['device']}; blocking: first save "
+        f"  {p}: {size(saves[0]['checkpoint_gib'])} per save on {saves[0]['device']}; blocking: first save "
         f"{saves[0]['blocking_s']:.2f} s, later saves <= {steady:.2f} s"
     )
     if t is not None:
@@ -98,7 +99,7 @@ for p in presets:
     line += (
         f"; background {max(r['background_s'] for r in later):.1f} s; throughput lost at one save per 300 s "
         f"{100 * lost:.2f} % (target <= 2 %: {'met' if lost <= 0.02 else 'NOT met'}); host buffers "
-        f"{saves[-1]['host_buffers_gib']:.2f} GiB (pinned: {saves[-1]['pinned']})"
+        f"{size(saves[-1]['host_buffers_gib'])} (pinned: {saves[-1]['pinned']})"
     )
     if resume:
         r = resume[0]
