@@ -21,6 +21,7 @@ when the body returns) prints them by itself, so a run that does not exit shows 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import platform
@@ -79,6 +80,23 @@ def run(body: Callable[[], int], program: str) -> int:
     arm_exit_watchdog()
     dist.shutdown()
     return code
+
+
+def abort(err: UserError, code: int, log_text: str = "") -> None:
+    """Stop this process now, from any thread (the main thread may be stuck in a collective): `log_text` and `err` go
+    to this rank's log, the failure to the other ranks (they stop within seconds), `error: <err>` to stderr (printed
+    once, as for any failure), then `os._exit(code)`."""
+    peers.stop()
+    rank = _rank()
+    path = _write_log(rank, f"{log_text}{err}\n")
+    first = peers.record_failure(rank, str(err)) if dist.is_initialized() else None
+    if _should_print(rank, err, first):
+        where = f"\n  (full log: {path})" if path else ""
+        print(f"{_prefix(rank)}: {err}{where}", file=sys.stderr, flush=True)
+    if first is not None and first[0] == rank:
+        peers.wait_for_acks(dist.get_world_size())
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _fail(exc: BaseException) -> int:
@@ -170,7 +188,10 @@ def _note_peer_failure(first: Optional[tuple[int, str]]) -> None:
         if first is not None
         else "lost the process group's rendezvous store (the rank hosting it died)"
     )
-    _write_log(_rank(), f"stopping this rank because {what}\n")
+    path = _write_log(_rank(), f"stopping this rank because {what}; every thread's stack:\n")
+    if path is not None:  # Where this rank was: e.g. in the collective that a hung rank never joined.
+        with open(path, "a") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
     sys.stdout.flush()
     sys.stderr.flush()
 
