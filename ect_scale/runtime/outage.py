@@ -135,13 +135,14 @@ class OutageClock:
     def _cells(self):
         return self.shared if self.shared is not None else self._local
 
-    def failed(self, reason: str, window_s: float, option: str) -> None:
-        """A request failed like an outage: start one (and log it) unless one is going on."""
+    def failed(self, reason: str, window_s: float, option: str, since: Optional[float] = None) -> None:
+        """A request (sent at wall time `since`) failed like an outage: start one (and log it) unless one is going
+        on."""
         with self._lock:
             cells = self._cells
             if cells[0]:
                 return
-            cells[0], cells[2] = time.time(), cells[2] + 1
+            cells[0], cells[2] = since or time.time(), cells[2] + 1
             n = int(cells[2])
         self.log(
             f"{self.label}: the store is not answering ({reason}); retrying for up to {window_s:g} s ({option}). "
@@ -180,12 +181,13 @@ def ride_out(
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Optional[Callable[[], None]] = None,
 ) -> Any:
-    """`fn()`, retried while it fails like an outage (`classify` gives a reason), for up to `window_s` seconds from its
-    first failure; then `StoreOutageError` naming `what`, the reason and `option`. Other errors pass through.
+    """`fn()`, retried while it fails like an outage (`classify` gives a reason), for up to `window_s` seconds from the
+    first failed attempt; then `StoreOutageError` naming `what`, the reason and `option`. Other errors pass through.
     `on_retry` runs before each retry (e.g. forget cached connections or listings)."""
     first: Optional[float] = None
     attempt = 0
     while True:
+        sent, sent_wall = time.monotonic(), time.time()
         try:
             result = fn()
         except StoreOutageError:
@@ -195,8 +197,8 @@ def ride_out(
             if reason is None:
                 raise
             now = time.monotonic()
-            first = now if first is None else first
-            clock.failed(reason, window_s, option)
+            first = sent if first is None else first  # The outage began with the first request that failed.
+            clock.failed(reason, window_s, option, since=sent_wall)
             left = first + window_s - now
             if left <= 0:
                 raise StoreOutageError(

@@ -162,7 +162,9 @@ class StoreProxy:
                 if self.mode == "stall":
                     time.sleep(0.05)
                     continue
-                ready, _, _ = select.select(list(peers), [], [], 0.2)
+                ready, _, _ = select.select(list(peers), [], [], 0.05)
+                if self.mode == "stall":
+                    continue  # Switched while waiting: leave the bytes where they are.
                 for s in ready:
                     data = s.recv(1 << 16)
                     if not data:
