@@ -67,6 +67,14 @@ def holder_alive(record: dict, stale_s: float, now: Optional[float] = None) -> b
     return (now or time.time()) - renewed < stale_s
 
 
+def _mine(record: dict) -> bool:
+    return (
+        record.get("host") == socket.gethostname()
+        and record.get("pid") == os.getpid()
+        and record.get("process_start") == process_start(os.getpid())
+    )
+
+
 def describe_holder(record: dict) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("started", 0))))
     renewed = max(0.0, time.time() - float(record.get("renewed", 0)))
@@ -138,8 +146,8 @@ class FolderLock:
     # ------------------------------------------------------------------ acquire / release
     def acquire(self) -> Optional[dict]:
         """Take the folder; returns the record of a dead holder that was taken over (None if the folder was free).
-        Raises `FolderBusyError` if a live run holds it. A lock that this process still holds (a run object of this
-        process that failed to start and was not released) is handed over without a note."""
+        Raises `FolderBusyError` if a live run holds it. A lock of this very process (a run object that failed to
+        start and was not released, or a release that could not reach the store) is taken without a note."""
         earlier = _HELD.get(self.key)
         if earlier is not None and earlier is not self:
             earlier.release()
@@ -147,6 +155,8 @@ class FolderLock:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._flock()
         previous = self.read()
+        if previous is not None and _mine(previous):
+            previous = None  # Left by this process (a release that could not reach the store): not another run.
         if previous is not None and holder_alive(previous, self.stale_s):
             self._unflock()
             raise self._busy(previous)
