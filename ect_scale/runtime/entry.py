@@ -12,7 +12,7 @@ do not outlive the run, and ranks that stop when a peer fails.
 The full traceback always goes to `<log dir>/error-rank<R>.log` (`set_log_dir`, e.g. `<run_dir>/logs`; a temporary
 folder before the run directory is known), and the second line says where. Ranks that did not fail exit within
 seconds (`ect_scale.runtime.peers`), and a rank started by the deepspeed launcher or torchrun exits when its launcher
-dies.
+dies (for `deepspeed`, also when the `deepspeed` command itself dies: `procs.exit_with_parent(grandparent=True)`).
 
 Hangs can be diagnosed: `kill -USR2 <pid>` prints every thread's stack to stderr, and a process still alive
 `procs.EXIT_WATCHDOG_S` after its work ended (`procs.arm_exit_watchdog`, armed when the training loop ends and
@@ -34,7 +34,13 @@ from typing import Callable, Optional
 
 from ect_scale.runtime import dist, peers
 from ect_scale.runtime.errors import ConfigError, UserError, user_error_of
-from ect_scale.runtime.procs import arm_exit_watchdog, enable_stack_dumps, exit_with_parent, started_by_launcher
+from ect_scale.runtime.procs import (
+    arm_exit_watchdog,
+    enable_stack_dumps,
+    exit_with_parent,
+    started_by_deepspeed,
+    started_by_launcher,
+)
 
 TEARDOWN_S = 10.0  # The longest a failing process spends leaving the process group before it exits anyway.
 
@@ -61,7 +67,8 @@ def run(body: Callable[[], int], program: str) -> int:
     global _program, _log_dir
     _program, _log_dir = program, None
     if started_by_launcher():
-        exit_with_parent(pdeathsig=False)
+        note = lambda what: _write_log(_rank(), f"stopping this rank: {what}\n")  # noqa: E731
+        exit_with_parent(pdeathsig=False, grandparent=started_by_deepspeed(), note=note)
     peers.enable(_note_peer_failure)
     _show_package_logs()
     enable_stack_dumps()

@@ -1,6 +1,7 @@
 """Hang detection: a per-rank watchdog that notices when the run stops making progress, says where, and exits.
 
-    watchdog = Watchdog(timeout_s=1800, rank=rank, log_dir="runs/x/logs")   # section "setup"
+    watchdog = Watchdog(timeout_s=1800, rank=rank, log_dir="runs/x/logs")
+    watchdog.start()           # the training loop begins (building and resuming before it are not watched)
     watchdog.at("data")        # progress: entering a section (the trainer: data, step, status, export, eval, ...)
     ...
     watchdog.stop()
@@ -16,9 +17,11 @@ re-enters a section at every step, so a healthy run never gets close). When one 
      the other ranks stop within seconds (their logs get their own stacks), and the process exits with
      `HANG_EXIT_CODE` (3), so that a scheduler (launchers/slurm_train.sbatch) requeues the job.
 
-Sections are coarse on purpose; a section that legitimately takes long (a resume that downloads a large checkpoint,
-an in-loop evaluation, a save that rides out a store outage) must fit in `timeout_s` (`train.hang_timeout_s`,
-longer than the outage windows). The stacks are the training process's; DataLoader workers are separate processes.
+Sections are coarse on purpose; a section that legitimately takes long (the first step, which may compile; an in-loop
+evaluation; a save that rides out a store outage) must fit in `timeout_s` (`train.hang_timeout_s`, longer than the
+outage windows). Building the run and resuming (before the loop) are not watched: they are bounded by the store's
+outage windows and timeouts and by the process group's timeout. The stacks are the training process's; DataLoader
+workers are separate processes.
 """
 
 from __future__ import annotations
@@ -54,13 +57,17 @@ class Watchdog:
         """`on_hang(error, stacks_path)` replaces the report-and-exit (tests); `timeout_s` 0 turns the watchdog off."""
         self.timeout_s, self.rank, self.log_dir = timeout_s, rank, log_dir
         self.on_hang = on_hang
-        self.section = "setup"
+        self.section = "start"
         self.since = time.monotonic()
         self.since_wall = time.time()
+        self.poll_s = poll_s if poll_s is not None else min(5.0, timeout_s / 10)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        if timeout_s > 0:
-            self.poll_s = poll_s if poll_s is not None else min(5.0, timeout_s / 10)
+
+    def start(self) -> None:
+        """Watch from now on (no-op when off or already watching)."""
+        if self.timeout_s > 0 and self._thread is None:
+            self.at("start")
             self._thread = threading.Thread(target=self._watch, name="ect-hang-watchdog", daemon=True)
             self._thread.start()
 

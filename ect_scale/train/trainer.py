@@ -235,6 +235,7 @@ class Trainer:
         total = cfg.train.total_nimg
         slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
         t_start = session_start = last_status = time.time()
+        self.watchdog.start()  # Hangs from here on: data, step, status, export, eval, checkpoint.
         try:
             while self.state.nimg < total:
                 before = self.state.nimg

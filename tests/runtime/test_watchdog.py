@@ -19,6 +19,8 @@ def _wait_for(got: list, seconds: float) -> None:
 def test_progress_keeps_it_quiet_and_a_stall_is_reported(tmp_path):
     got = []
     watchdog = Watchdog(0.5, rank=3, log_dir=str(tmp_path), on_hang=lambda e, p: got.append((e, p)), poll_s=0.05)
+    time.sleep(0.7)  # Not watching yet (the run is being built).
+    watchdog.start()
     for _ in range(20):  # 1 s of steps, each well within the timeout.
         watchdog.at("step")
         time.sleep(0.05)
@@ -58,6 +60,7 @@ def test_a_read_stuck_on_a_stalled_store_is_caught_in_section_data(tmp_path, s3_
             next(stream)
         proxy.set_mode("stall")
         watchdog = Watchdog(1.0, rank=0, log_dir=str(tmp_path), on_hang=on_hang, poll_s=0.1)
+        watchdog.start()
         watchdog.at("data")
         raw, _ = next(stream)  # Blocks in the read until on_hang lets the store answer.
         watchdog.stop()
