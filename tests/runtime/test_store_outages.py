@@ -1,7 +1,7 @@
 """Checkpoint I/O on object storage during store outages (the loopback S3 server behind the fault proxy): uploads,
 listings and marker checks wait through a refusal, a stall and a restart that answers 404 for everything (the
-folder's LOCK, which exists, says the store is not telling the truth), and a store out for longer than
-checkpoint.outage_window_s stops them with one line. Whole runs through outages: tests/launchers/test_faults.py."""
+folder's LOCK, which exists, says the store is not telling the truth). A store out for longer than
+checkpoint.outage_window_s during a run's save: tests/runtime/test_run_outages.py."""
 
 import os
 import threading
@@ -11,7 +11,6 @@ import pytest
 from ect_scale.checkpoint.storage import Destination
 from ect_scale.data.storage import StorageOptions
 from ect_scale.runtime.lock import FolderLock
-from ect_scale.runtime.outage import StoreOutageError
 from tests.runtime.store_proxy import StoreProxy
 
 pytestmark = pytest.mark.slow  # Store outages of seconds.
@@ -60,16 +59,3 @@ def test_checkpoint_io_waits_through_refusal_stall_and_restart(s3_bucket, proxy,
     assert "(cannot connect); retrying for up to 60 s (checkpoint.outage_window_s)" in starts[0]
     assert "/ckpts/LOCK too, which exists: the store is restarting?)" in starts[-1]
     assert not dest.exists(tag, "never-written")  # A real 404 (the LOCK answers) is believed at once.
-
-
-def test_past_the_window_checkpoint_io_stops_with_one_line(s3_bucket, proxy, tmp_path):
-    dest = _destination(s3_bucket, proxy, window_s=1)
-    blob = tmp_path / "shard.bin"
-    blob.write_bytes(b"x" * 1000)
-    _out_for(proxy, "refuse", 30)
-    with pytest.raises(StoreOutageError) as info:
-        dest.upload(str(blob), "ckpt-000000000008", "rank-00000.safetensors")
-    text = str(info.value)
-    assert "\n" not in text
-    assert text.startswith(f"uploading to {s3_bucket}/ckpts/ckpt-000000000008/rank-00000.safetensors: the store has")
-    assert "longer than checkpoint.outage_window_s=1 s. Fix: check that the store is up" in text

@@ -18,10 +18,10 @@ def _wait_for(got: list, seconds: float) -> None:
 
 def test_progress_keeps_it_quiet_and_a_stall_is_reported(tmp_path):
     got = []
-    watchdog = Watchdog(0.5, rank=3, log_dir=str(tmp_path), on_hang=lambda e, p: got.append((e, p)), poll_s=0.05)
-    time.sleep(0.7)  # Not watching yet (the run is being built).
+    watchdog = Watchdog(0.3, rank=3, log_dir=str(tmp_path), on_hang=lambda e, p: got.append((e, p)), poll_s=0.02)
+    time.sleep(0.4)  # Not watching yet (the run is being built).
     watchdog.start()
-    for _ in range(20):  # 1 s of steps, each well within the timeout.
+    for _ in range(10):  # 0.5 s of steps, each well within the timeout.
         watchdog.at("step")
         time.sleep(0.05)
     assert got == []
@@ -30,7 +30,7 @@ def test_progress_keeps_it_quiet_and_a_stall_is_reported(tmp_path):
     watchdog.stop()
     error, path = got[0]
     assert isinstance(error, HangError) and "\n" not in str(error)
-    assert str(error).startswith("no progress for 1 s in section 'checkpoint' on rank 3 (train.hang_timeout_s=0.5)")
+    assert str(error).startswith("no progress for 0 s in section 'checkpoint' on rank 3 (train.hang_timeout_s=0.3)")
     assert path == str(tmp_path / "hang-rank3.log") and f"every thread's stack is in {path}" in str(error)
     stacks = open(path).read()
     assert "rank 3" in stacks and "section 'checkpoint'" in stacks and "_wait_for" in stacks
