@@ -85,3 +85,12 @@ def test_other_errors_pass_through_at_once():
     with pytest.raises(OSError, match="AccessDenied"):
         ride_out(fn, window_s=30, option="o", clock=clock, what="x")
     assert fn.calls == 1 and clock.count() == 0
+
+
+def test_the_status_line_shows_the_time_lost():
+    from ect_scale.train.monitor import status_line
+
+    quiet = status_line(12.8, {"Loss/mean": 0.5, "Data/outage_sec": 0.0, "Checkpoint/outage_sec": 0.0}, 25.6)
+    assert "outage" not in quiet
+    line = status_line(12.8, {"Loss/mean": 0.5, "Data/outage_sec": 31.6, "Checkpoint/outage_sec": 0.4}, 25.6)
+    assert "  outage 0:00:32  eta " in line
