@@ -45,6 +45,7 @@ from ect_scale.checkpoint.writer import BackgroundWriter, SaveJob, SaveReport, S
 from ect_scale.config import CheckpointConfig
 from ect_scale.runtime import dist
 from ect_scale.runtime.intervals import Interval
+from ect_scale.runtime.outage import StoreOutageError
 
 WAIT_NOTE_SEC = 0.5  # A save that waits longer than this for the previous one says so.
 
@@ -55,7 +56,7 @@ class Checkpointer:
     def __init__(self, ccfg: CheckpointConfig, run_dir: str, spec: RunSpec, say: Callable[[str], None] = dist.print0):
         self.ccfg, self.spec, self.say = ccfg, spec, say  # `say`: where save outcomes go (the trainer's monitor).
         self.every = Interval(ccfg.interval_nimg)  # Periodic saves; the trainer also saves on stop and at the end.
-        self.dest = Destination(self.ccfg.dir or os.path.join(run_dir, "checkpoints"))
+        self.dest = Destination(self.ccfg.dir or os.path.join(run_dir, "checkpoints"), ccfg.outage_window_s)
         self.staging = staging_root(self.ccfg.staging_dir, self.dest.url)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.plan: Optional[ResumePlan] = None
@@ -65,6 +66,7 @@ class Checkpointer:
         self.resumed_nimg: Optional[int] = None
         self.failures = 0
         self.reports: list[SaveReport] = []  # Every finished save of this process, in order.
+        self.outage: Optional[SaveReport] = None  # A save that met a store outage past its window.
         device = dist.device().type
         background = ccfg.use_async(device)
         self.stager = HostStager(copy_tensors=background, keep=True, pin=device == "cuda")
@@ -127,6 +129,11 @@ class Checkpointer:
         return True
 
     # ------------------------------------------------------------------ schedule
+    @property
+    def latest_complete(self) -> Optional[str]:
+        """Tag of the newest complete checkpoint this process committed or resumed from."""
+        return self.runner.latest
+
     def saved_at(self, nimg: int) -> bool:
         """Whether a complete checkpoint at `nimg` exists already (committed or resumed from in this process)."""
         return nimg in (self.last_saved_nimg, self.resumed_nimg)
@@ -229,6 +236,9 @@ class Checkpointer:
     def _record(self, report: SaveReport) -> None:
         """Count and report a finished save (every rank; printed by rank 0)."""
         self.reports.append(report)
+        if report.outage is not None:
+            self.outage = report  # Stops the run at the next wait (every rank saw it).
+            return
         if report.ok:
             self.failures = 0
             self.last_saved_nimg = report.nimg
@@ -243,6 +253,13 @@ class Checkpointer:
         )
 
     def _check_failures(self) -> None:
+        if self.outage is not None:
+            what, fix = self.outage.outage
+            raise StoreOutageError(
+                f"{what}; checkpoint {self.outage.tag} was not saved, the latest complete checkpoint is "
+                f"{self.outage.latest}",
+                fix,
+            )
         if self.failures < self.ccfg.max_consecutive_failures:
             return
         report = self.reports[-1]

@@ -13,6 +13,9 @@ A `SaveJob` holds what one rank captured at the step boundary (its files, with t
      `checkpoint.dir` that is not shared by all nodes), writes COMPLETE (rename on POSIX, one PUT on object
      stores), then `latest`, then applies retention; otherwise rank 0 removes the folder.
 
+Object-store operations ride out outages inside `Destination` (`checkpoint.outage_window_s`); one past the window
+fails the save and is marked in its report (`outage`), on every rank, so that the checkpointer stops the run.
+
 Nothing before step 4 touches the latest complete checkpoint, so a crash anywhere (the writer, the trainer, the
 node) leaves it the latest. `BackgroundWriter` runs one job at a time in a daemon thread; the big writes and the
 CRC32s release the GIL, so the training thread keeps running. Resume verifies every file against the CRC32s.
@@ -27,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ect_scale.checkpoint.collective import all_gather_object, barrier, broadcast_object, on_main
+from ect_scale.checkpoint.collective import all_gather_object, barrier, broadcast_object
 from ect_scale.checkpoint.files import FileWrite, WriteLog, write_file
 from ect_scale.checkpoint.layout import LATEST, MARKER, CheckpointError, FileRecord, Marker, nimg_of, retained
 from ect_scale.checkpoint.storage import Destination
 from ect_scale.runtime import dist
+from ect_scale.runtime.outage import StoreOutageError
 
 
 @dataclass
@@ -55,6 +59,7 @@ class SaveReport:
     total_sec: float = 0.0  # From the start of the save to its commit.
     latest: Optional[str] = None  # The latest complete checkpoint after this save (display form).
     errors: dict[int, str] = field(default_factory=dict)
+    outage: Optional[tuple[str, Optional[str]]] = None  # (what, fix) of a store outage past its window: stop the run.
 
     @property
     def blocking_sec(self) -> float:
@@ -102,7 +107,7 @@ class SaveRunner:
         records: list[FileRecord] = []
         folder = self.folder(job.tag)
         try:  # Every rank must reach the exchange below, whatever happens here.
-            folder = self._prepare(job.tag, log)
+            folder = self._prepare(job.tag, log, report)
             records = self._write(job, folder, log, report)
             if log.error is None and not self.dest.is_local:
                 self._upload(job.tag, folder, records, log, report)
@@ -113,11 +118,13 @@ class SaveRunner:
             job.release()
         t = time.time()
         report.rank_bytes = sum(r.size for r in records)
-        gathered = all_gather_object((log.error, [r.__dict__ for r in records]), self.group)
-        report.errors = {r: e for r, (e, _) in enumerate(gathered) if e}
-        files = {d["path"]: FileRecord(**d) for _, recs in gathered for d in recs}
+        gathered = all_gather_object((log.error, [r.__dict__ for r in records], report.outage), self.group)
+        report.errors = {r: e for r, (e, _, _) in enumerate(gathered) if e}
+        report.outage = next((o for _, _, o in gathered if o), None)  # An outage on any rank stops every rank.
+        files = {d["path"]: FileRecord(**d) for _, recs, _ in gathered for d in recs}
         if not report.errors:
-            report.errors = self._commit(Marker(job.tag, job.nimg, self.world_size, files, time.time() - job.started))
+            marker = Marker(job.tag, job.nimg, self.world_size, files, time.time() - job.started)
+            report.errors = self._commit(marker, report)
         report.ok = not report.errors
         if not report.ok:
             self._discard(job.tag)
@@ -131,7 +138,7 @@ class SaveRunner:
         return report
 
     # ------------------------------------------------------------------ steps
-    def _prepare(self, tag: str, log: WriteLog) -> str:
+    def _prepare(self, tag: str, log: WriteLog, report: SaveReport) -> str:
         """Rank 0 removes a stale folder of the same name; every rank creates its write folder."""
         if dist.is_main():
             try:
@@ -144,6 +151,7 @@ class SaveRunner:
                         )
             except Exception as e:  # noqa: BLE001
                 log.fail(f"removing the stale {self.dest.display(tag)}", e)
+                _note_outage(report, e)
         barrier(self.group)
         folder = self.folder(tag)
         try:
@@ -179,10 +187,11 @@ class SaveRunner:
                 self.dest.upload(os.path.join(folder, rec.path), tag, rec.path)
             except Exception as e:  # noqa: BLE001 - network and permission errors alike
                 log.fail(f"uploading {rec.path} to {self.dest.display(tag)}", e)
+                _note_outage(report, e)
                 break
         report.upload_sec = time.time() - t
 
-    def _commit(self, marker: Marker) -> dict[int, str]:
+    def _commit(self, marker: Marker, report: SaveReport) -> dict[int, str]:
         """Rank 0: check every file at the destination, write COMPLETE, update `latest`, prune (collective)."""
         error = None
         if dist.is_main():
@@ -191,9 +200,10 @@ class SaveRunner:
                 self.dest.write_text_atomic(marker.to_text(), marker.tag, MARKER)
             except Exception as e:  # noqa: BLE001
                 error = f"committing: {type(e).__name__}: {e}"
+                _note_outage(report, e)
             if error is None:
                 self._after_commit(marker.tag)
-        error = broadcast_object(error, self.group)
+        error, report.outage = broadcast_object((error, report.outage), self.group)
         if error is None:
             self.latest = marker.tag
         return {0: error} if error else {}
@@ -233,14 +243,15 @@ class SaveRunner:
 
     def _latest_display(self, committed: Optional[str]) -> str:
         """The latest complete checkpoint for messages: the one just committed, else the newest this process
-        committed or resumed from (known without asking a store that may be failing), else a listing."""
-        if committed or self.latest:
-            return self.dest.display(committed or self.latest)
-        try:
-            complete = on_main(lambda: [t for t in self.dest.tags() if self.dest.is_complete(t)], self.group)
-        except Exception as e:  # noqa: BLE001 - only for a message
-            return f"unknown (listing {self.dest.url} failed: {type(e).__name__})"
-        return self.dest.display(complete[-1]) if complete else "none (a failed first save)"
+        committed or resumed from (no listing: the store may be out)."""
+        latest = committed or self.latest
+        return self.dest.display(latest) if latest else "none (a failed first save)"
+
+
+def _note_outage(report: SaveReport, e: BaseException) -> None:
+    """A store outage past `checkpoint.outage_window_s` stops the run (the save is failed, never retried)."""
+    if isinstance(e, StoreOutageError) and report.outage is None:
+        report.outage = (e.what, e.fix)
 
 
 class BackgroundWriter:
