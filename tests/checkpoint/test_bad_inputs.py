@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from tests.checkpoint.common import assert_states_equal, losses, make_cfg, snapshot
+from tests.checkpoint.common import ASYNC, assert_states_equal, losses, make_cfg, snapshot
 from tests.distributed import run_ranks
 from tests.engine.common import ListStream
 
@@ -28,7 +28,7 @@ CKPT = {"checkpoint.interval_nimg": 8, "checkpoint.keep_last": 10}
 def _trainer(rank: int, run_dir: str, **extra):
     from ect_scale.train.trainer import Trainer
 
-    return Trainer(make_cfg(run_dir, STAGE, "fp32", **{**CKPT, **extra}), stream=ListStream(rank, 2))
+    return Trainer(make_cfg(run_dir, STAGE, "fp32", **{**ASYNC, **CKPT, **extra}), stream=ListStream(rank, 2))
 
 
 def _fail_save_at(trainer, nimg: int, rank: int) -> None:

@@ -5,7 +5,7 @@ resume downloads, verifies and restores exactly."""
 
 import pytest
 
-from tests.checkpoint.common import assert_states_equal, make_cfg, snapshot
+from tests.checkpoint.common import ASYNC, assert_states_equal, make_cfg, snapshot
 from tests.distributed import free_port, run_ranks
 from tests.engine.common import ListStream
 
@@ -20,6 +20,7 @@ def _trainer(rank, run_dir, dest, staging, **extra):
         1,
         "fp32",
         **{
+            **ASYNC,
             "checkpoint.dir": dest,
             "checkpoint.staging_dir": staging,
             "checkpoint.interval_nimg": 8,
