@@ -11,10 +11,11 @@
 #      4th kill) after its launch, which hits start-up and the resume itself; restarted after each kill with a fresh
 #      port; two sessions in three save asynchronously, one synchronously (checkpoint.async_save); then it runs to
 #      the end;
-#   4. store outages: outage_hook (below) runs $OUTAGE_CMD <seconds> during sessions for $OUTAGES seconds each (30
-#      and 300 by default) when OUTAGE_CMD is set; without it the outages are reported as skipped. OUTAGE_CMD and
-#      STORE_ARGS (extra train.py arguments, e.g. data and checkpoints on s3://) come from the outage machinery of
-#      issue 22 part A (checkpoint/storage.py's retry window), which this script does not build.
+#   4. store outages (STORE_KIND=s3, the default): data and checkpoints live on a loopback S3 server (moto,
+#      benchmarks/s3_server.py); the killed run reaches it through the fault proxy of issue 22 part A
+#      (tests/runtime/store_proxy.py), which refuses every connection for $OUTAGES seconds (30 and 300 by default),
+#      $OUTAGE_DELAY s after the first sessions start training (outage_hook; OUTAGE_CMD replaces it). The
+#      uninterrupted run uses the server directly. STORE_KIND=local: local shards and checkpoints, outages only through OUTAGE_CMD.
 # Verified: $KILLS kills happened; every session ended by a kill or with exit 0; the victim's final checkpoint (online
 # weights and every EMA, consolidated), every EMA export (same tensors bit for bit, same metadata) and every stats
 # row's losses equal the reference's. fault_soak.json lists each session (kill, async or not, where it resumed).
@@ -22,7 +23,7 @@
 #
 #   bash benchmarks/fault_soak.sh                         # 20 kills; 37 minutes on 2 loaded CPU cores (reliability.md)
 #   KILLS=5 bash benchmarks/fault_soak.sh                 # a shorter soak
-#   OUTAGE_CMD=... STORE_ARGS="..." bash benchmarks/fault_soak.sh
+#   STORE_KIND=local bash benchmarks/fault_soak.sh         # local disk, no outages
 #
 # Logs and the result in ${OUT:-/tmp}: fault_soak.log (every session), fault_soak.json. Last line:
 # "fault_soak: PASS ..." or "fault_soak: FAIL ...". Exit status 0 only on PASS.
@@ -35,6 +36,7 @@ KILLS=${KILLS:-20}; KILL_MIN=${KILL_MIN:-6}; KILL_MAX=${KILL_MAX:-18}; SEED=${SE
 CKPT_NIMG=${CKPT_NIMG:-1920}; TEACHER_NIMG=${TEACHER_NIMG:-6400}; OUTAGES=${OUTAGES:-30 300}
 TOTAL_NIMG=${TOTAL_NIMG:-61440}; STAGE_NIMG=${STAGE_NIMG:-15360}  # Twice the recipe's length (4 stages kept): room for 20 kills.
 read -r -a STORE <<<"${STORE_ARGS:-}"
+STORE_KIND=${STORE_KIND:-s3}; OUTAGE_DELAY=${OUTAGE_DELAY:-3}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/ect_soak.XXXXXX")}
 LOG=$O/fault_soak.log; RESULT=$O/fault_soak.json; SESSIONS=$WORK/sessions.jsonl
 : >"$LOG"; : >"$SESSIONS"
@@ -44,18 +46,38 @@ BIN=$(dirname "$(command -v python3)")
 
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-echo "fault_soak: $KILLS kills, work folder $WORK, log $LOG"
-if [[ ! -f $WORK/data/manifest.json ]]; then
-  python3 tools/make_shards.py --source sklearn-digits --out "$WORK/data" --resolution 8 --pixels --grayscale \
-    --num-shards 8 >>"$LOG" 2>&1 || { echo "fault_soak: FAIL (make_shards)"; exit 1; }
+echo "fault_soak: $KILLS kills, store $STORE_KIND, work folder $WORK, log $LOG"
+DATA=$WORK/data; REF_CKPT=$WORK/ref/checkpoints; RUN_CKPT=$WORK/run/checkpoints
+DIRECT=(); THROUGH=()  # Environment of the uninterrupted runs and of the killed run (s3: direct / through the proxy).
+if [[ $STORE_KIND == s3 ]]; then  # A loopback S3 server and part A's fault proxy (tests/runtime/store_proxy.py).
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 BOTO_CONFIG=/dev/null
+  PIDS=(); trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done' EXIT
+  rm -f "$WORK/endpoint" "$WORK/proxy"; echo pass >"$WORK/mode"
+  python3 benchmarks/s3_server.py --quiet --bucket soak --endpoint-file "$WORK/endpoint" >"$WORK/s3_server.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do [[ -s $WORK/endpoint ]] && break; sleep 0.2; done
+  python3 -m tests.runtime.store_proxy --upstream "$(cat "$WORK/endpoint")" --mode-file "$WORK/mode" \
+    --endpoint-file "$WORK/proxy" >"$WORK/proxy.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do [[ -s $WORK/proxy ]] && break; sleep 0.2; done
+  DIRECT=(env "FSSPEC_S3_ENDPOINT_URL=$(cat "$WORK/endpoint")"); THROUGH=(env "FSSPEC_S3_ENDPOINT_URL=$(cat "$WORK/proxy")")
+  DATA=s3://soak/digits; REF_CKPT=s3://soak/ref/checkpoints; RUN_CKPT=s3://soak/run/checkpoints
+  refuse_for() { echo refuse >"$WORK/mode"; sleep "$1"; echo pass >"$WORK/mode"; }
+  OUTAGE_CMD=${OUTAGE_CMD:-refuse_for}
+  rm -rf "$WORK/ref" "$WORK/ref.log" "$WORK/run"  # The store lives in memory: everything on it starts afresh.
+fi
+if [[ $STORE_KIND == s3 || ! -f $WORK/data/manifest.json ]]; then
+  "${DIRECT[@]}" python3 tools/make_shards.py --source sklearn-digits --out "$DATA" --resolution 8 --pixels \
+    --grayscale --num-shards 8 >>"$LOG" 2>&1 || { echo "fault_soak: FAIL (make_shards)"; exit 1; }
 fi
 if [[ ! -d $WORK/teacher/ema ]]; then
-  "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launchers/train.py --config configs/demo-digits-teacher.yaml \
-    "--run_dir=$WORK/teacher" "--data.url=$WORK/data/manifest.json" "--train.total_nimg=$TEACHER_NIMG" \
-    --logging.sample_grid=0 --logging.progress=plain >>"$LOG" 2>&1 || { echo "fault_soak: FAIL (teacher)"; exit 1; }
+  "${DIRECT[@]}" "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launchers/train.py \
+    --config configs/demo-digits-teacher.yaml "--run_dir=$WORK/teacher" "--data.url=$DATA/manifest.json" \
+    "--train.total_nimg=$TEACHER_NIMG" --logging.sample_grid=0 --logging.progress=plain >>"$LOG" 2>&1 \
+    || { echo "fault_soak: FAIL (teacher)"; exit 1; }
 fi
 INIT=$(ls "$WORK"/teacher/ema/*.safetensors | tail -1)
-ARGS=(--config configs/demo-digits.yaml "--init=$INIT" "--data.url=$WORK/data/manifest.json"
+ARGS=(--config configs/demo-digits.yaml "--init=$INIT" "--data.url=$DATA/manifest.json"
       "--train.total_nimg=$TOTAL_NIMG" "--ect.stage_nimg=$STAGE_NIMG"
       "--checkpoint.interval_nimg=$CKPT_NIMG" --ema.export_nimg=0 --ema.export_dtype=float32 --checkpoint.keep_last=3
       --logging.sample_grid=0 --logging.progress=plain --logging.tensorboard=false --train.status_nimg=640
@@ -64,9 +86,10 @@ ARGS=(--config configs/demo-digits.yaml "--init=$INIT" "--data.url=$WORK/data/ma
 # One invocation of the run in its own process group; prints "<exit> <seconds> <how>" when it is over.
 # $1 run dir, $2 session log, $3 kill mode (none | launch | training), $4 delay (s), $5 async_save.
 session() {
-  local run=$1 slog=$2 mode=$3 delay=$4 async=$5 t=$SECONDS
-  setsid "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launchers/train.py "${ARGS[@]}" "--run_dir=$run" \
-    "--checkpoint.async_save=$async" >"$slog" 2>&1 &
+  local run=$1 slog=$2 mode=$3 delay=$4 async=$5 t=$SECONDS env=("${DIRECT[@]}") ckpt=$REF_CKPT
+  [[ $run == "$WORK/run" ]] && env=("${THROUGH[@]}") && ckpt=$RUN_CKPT
+  "${env[@]}" setsid "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launchers/train.py "${ARGS[@]}" \
+    "--run_dir=$run" "--checkpoint.dir=$ckpt" "--checkpoint.async_save=$async" >"$slog" 2>&1 &
   local pid=$! how=finished rows
   rows=$(cat "$run/stats.jsonl" 2>/dev/null | wc -l)
   if [[ $mode != none ]]; then
@@ -86,18 +109,24 @@ session() {
   echo "$rc $(( SECONDS - t )) $how"
 }
 
-# Store outages during the victim's sessions: the hook the outage machinery (part A) plugs into.
+# Store outages during the victim's sessions, $OUTAGE_DELAY s after the session's first status row (a kill may then
+# strike during the outage, and the next session start while the store is still out): `$OUTAGE_CMD <seconds>`
+# (STORE_KIND=s3: refuse_for, which sets the fault proxy to refuse connections for that long).
 outage_hook() {
   local secs=$1
   if [[ -z ${OUTAGE_CMD:-} ]]; then
-    echo "{\"outage_s\": $secs, \"skipped\": \"OUTAGE_CMD not set (the outage machinery of issue 22 part A)\"}" >>"$SESSIONS"
+    echo "{\"outage_s\": $secs, \"skipped\": \"no store to take away (STORE_KIND=s3, or OUTAGE_CMD)\"}" >>"$SESSIONS"
     return
   fi
-  ( $OUTAGE_CMD "$secs" >>"$LOG" 2>&1; echo "{\"outage_s\": $secs, \"rc\": $?}" >>"$SESSIONS" ) &
+  local rows; rows=$(cat "$WORK/run/stats.jsonl" 2>/dev/null | wc -l)
+  ( while (( $(cat "$WORK/run/stats.jsonl" 2>/dev/null | wc -l) <= rows )); do sleep 0.2; done  # Training again.
+    sleep "$OUTAGE_DELAY"; t=$(( $(date +%s) - T0 )); $OUTAGE_CMD "$secs" >>"$LOG" 2>&1
+    echo "{\"outage_s\": $secs, \"rc\": $?, \"from_s\": $t, \"to_s\": $(( $(date +%s) - T0 ))}" >>"$SESSIONS" ) &
+  OUTAGE_PIDS+=($!)
 }
 
 echo "== reference" >>"$LOG"
-if [[ ! -f $WORK/ref/checkpoints/latest ]] || ! grep -q "^Finished" "$WORK/ref.log" 2>/dev/null; then
+if ! grep -q "^Finished" "$WORK/ref.log" 2>/dev/null; then
   read -r rc secs how < <(session "$WORK/ref" "$WORK/ref.log" none 0 true)
   cat "$WORK/ref.log" >>"$LOG"
   echo "{\"session\": \"reference\", \"exit\": $rc, \"sec\": $secs}" >>"$SESSIONS"
@@ -105,6 +134,7 @@ if [[ ! -f $WORK/ref/checkpoints/latest ]] || ! grep -q "^Finished" "$WORK/ref.l
 fi
 
 read -r -a OUT_LIST <<<"$OUTAGES"
+OUTAGE_PIDS=()
 for (( k = 1; k <= KILLS; k++ )); do
   mode=training; (( k % 4 == 0 )) && mode=launch
   delay=$(( KILL_MIN + RANDOM % (KILL_MAX - KILL_MIN + 1) ))
@@ -118,14 +148,14 @@ for (( k = 1; k <= KILLS; k++ )); do
   echo "session $k: kill $mode+${delay}s async=$async -> $how (exit $rc, $secs s) ${resumed}"
   [[ $how == finished ]] && break
 done
-wait
 read -r rc secs how < <(session "$WORK/run" "$WORK/final.log" none 0 true)
 { echo "== final session: exit $rc"; cat "$WORK/final.log"; } >>"$LOG"
 echo "{\"session\": \"final\", \"exit\": $rc, \"sec\": $secs}" >>"$SESSIONS"
 echo "final session: exit $rc after $secs s"
+for p in "${OUTAGE_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done  # Each has ended by now.
 WALL=$(( $(date +%s) - T0 ))
 
-python3 - "$WORK" "$SESSIONS" "$RESULT" "$WALL" "$KILLS" <<'EOF'
+"${DIRECT[@]}" python3 - "$WORK" "$SESSIONS" "$RESULT" "$WALL" "$KILLS" "$REF_CKPT" "$RUN_CKPT" <<'EOF'
 import json, os, sys
 import torch
 from safetensors import safe_open
@@ -133,6 +163,7 @@ from safetensors.torch import load_file
 from ect_scale.checkpoint.export import consolidated_network, find_checkpoint
 
 work, sessions_path, result_path, wall, kills_wanted = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ref_ckpt, run_ckpt = sys.argv[6], sys.argv[7]
 sessions = [json.loads(l) for l in open(sessions_path)]
 fails = []
 ref, run = f"{work}/ref", f"{work}/run"
@@ -167,8 +198,8 @@ for name in exports:
     if sorted(ta) != sorted(tb) or not all(torch.equal(ta[k], tb[k]) for k in ta) or \
             safe_open(p, "pt").metadata() != safe_open(q, "pt").metadata():
         fails.append(f"export {name} differs")
-ra, rb = find_checkpoint(ref), find_checkpoint(run)
-for what in ["online"] + json.load(open(os.path.join(ra.display(), "trainer.json")))["ema_profiles"]:
+ra, rb = find_checkpoint(ref_ckpt), find_checkpoint(run_ckpt)
+for what in ["online"] + json.loads(ra.dest.read_text(ra.tag, "trainer.json"))["ema_profiles"]:
     sa, sb = consolidated_network(ra, what)[0], consolidated_network(rb, what)[0]
     if sorted(sa) != sorted(sb) or not all(torch.equal(sa[k], sb[k]) for k in sa):
         fails.append(f"final checkpoint: {what} differs")
