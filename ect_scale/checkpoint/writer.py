@@ -34,6 +34,7 @@ from ect_scale.checkpoint.collective import all_gather_object, barrier, broadcas
 from ect_scale.checkpoint.files import FileWrite, WriteLog, write_file
 from ect_scale.checkpoint.layout import LATEST, MARKER, CheckpointError, FileRecord, Marker, nimg_of, retained
 from ect_scale.checkpoint.storage import Destination
+from ect_scale.config import CheckpointConfig
 from ect_scale.runtime import dist
 from ect_scale.runtime.outage import StoreOutageError
 
@@ -87,7 +88,7 @@ class SaveRunner:
         self,
         dest: Destination,
         staging: str,
-        ccfg,
+        ccfg: CheckpointConfig,
         group: Optional[Any],
         log: Callable[[str], None],
     ):
@@ -126,7 +127,7 @@ class SaveRunner:
             marker = Marker(job.tag, job.nimg, self.world_size, files, time.time() - job.started)
             report.errors = self._commit(marker, report)
         report.ok = not report.errors
-        if not report.ok:
+        if not report.ok and report.outage is None:  # (An outage: no second wait for the store; no marker anyway.)
             self._discard(job.tag)
         report.total_bytes = sum(f.size for f in files.values())
         report.latest = self._latest_display(job.tag if report.ok else None)
