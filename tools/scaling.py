@@ -55,10 +55,9 @@ def main(argv=None) -> int:
 
 
 def body(args) -> int:
-    from ect_scale.scaling.plan import build_plan
-    from ect_scale.scaling.sweep import load_sweep
+    from ect_scale.scaling.plan import load_plan
 
-    plan = build_plan(load_sweep(args.sweep))
+    plan = load_plan(args.sweep)
     if args.command == "done":
         return done(plan, args.index)
     if args.command == "status":

@@ -26,7 +26,7 @@ from ect_scale.config.sources import note_overrides
 from ect_scale.eval.inloop import METRIC_TAGS
 from ect_scale.eval.sampling import consistency_spec
 from ect_scale.networks.flops import model_stats
-from ect_scale.scaling.sweep import SizeSpec, SweepConfig
+from ect_scale.scaling.sweep import SizeSpec, SweepConfig, load_sweep
 
 
 @dataclass
@@ -40,8 +40,12 @@ class Run:
     eval_nimg: tuple[int, ...]  # eval.at_nimg: where its points are measured
     run_dir: str
     args: tuple[str, ...]  # `--key=value` overrides after `--config <recipe>`
-    params: int
     cfg: Config
+
+    @property
+    def params(self) -> int:
+        """The network's parameter count (computed once per network config, when first asked)."""
+        return int(network_stats(self.cfg.network)["params"])
 
     def label(self) -> str:
         return f"{self.size} seed {self.seed} budget {self.budget_nimg:,} img"
@@ -99,6 +103,15 @@ def build_plan(sweep: SweepConfig) -> Plan:
                 runs.append(run)
                 points.setdefault("along", []).extend(PointRef("along", size.name, seed, e, run.index) for e in budgets)
     return Plan(sweep=sweep, runs=runs, points=points, metrics=metric_keys(base, ema), ema=ema)
+
+
+def load_plan(sweep_path: str) -> Plan:
+    """`build_plan(load_sweep(sweep_path))`; every error names the sweep file."""
+    sweep = load_sweep(sweep_path)
+    try:
+        return build_plan(sweep)
+    except ConfigError as exc:
+        raise ConfigError(f"{sweep_path}: {exc}") from None
 
 
 def ema_profiles(cfg: Config) -> list[str]:
@@ -159,7 +172,6 @@ def _run(sweep: SweepConfig, size: SizeSpec, seed: int, budget: int, evals: tupl
         eval_nimg=evals,
         run_dir=cfg.run_dir,
         args=tuple(args),
-        params=int(network_stats(cfg.network)["params"]),
         cfg=cfg,
     )
 

@@ -178,7 +178,10 @@ class SweepRunner:
             try:
                 rc = proc.wait()
             except KeyboardInterrupt:  # The child got the same Ctrl-C: let it stop (it says how to resume).
-                proc.wait(timeout=300)
+                try:
+                    proc.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
                 raise
             finally:
                 if echo is not None:

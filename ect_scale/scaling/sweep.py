@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+import yaml
+
 from ect_scale.config import load_yaml
 from ect_scale.config.base import check, from_dict, parse_nimg
 from ect_scale.config.presets import PRESETS
@@ -237,6 +239,14 @@ def load_sweep(path: str) -> SweepConfig:
         raise ConfigError(f"sweep file not found: {path}. Fix: pass a sweep YAML, e.g. configs/sweeps/digits-cpu.yaml")
     try:
         raw = load_yaml(path)
+    except yaml.YAMLError as exc:
+        where = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML ({where})", "correct the YAML syntax there") from None
+    except ConfigError as exc:
+        text = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+        fix = None if "Fix:" in text else "write the sweep file as a mapping of keys, as in configs/sweeps/"
+        raise ConfigError(text, fix) from None
+    try:
         return from_dict(SweepConfig, _flatten_overrides(raw))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
