@@ -16,6 +16,8 @@ from ect_scale.scaling.study import report_sweep
 from ect_scale.scaling.sweep import load_sweep
 from tests.scaling.sweeps import fake_run, record, write_sweep
 
+pytestmark = pytest.mark.slow  # Parameter counts and FLOPs of the points come from the networks' FLOP count.
+
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
@@ -50,6 +52,7 @@ def test_run_states_and_points_keep_their_reasons(plan):
     ok = sep[("w8", 256)]
     assert ok.status == "ok" and ok.metrics == {"fd_classifier_1step": 80.0, "fd_classifier_2step": 20.0}
     assert ok.compute_flops == 4.0e7 * 256 and ok.gpu_hours == pytest.approx(256 / 3.6e6)
+    assert ok.params == plan.runs[0].params < plan.runs[2].params == sep[("w16", 256)].params
     assert sep[("w8", 1024)].status == "ok" and sep[("w8", 1024)].metrics["fd_classifier_2step"] == 12.0
     assert sep[("w16", 256)].status == "failed" and "diverged" in sep[("w16", 256)].reason
     stopped = sep[("w16", 1024)]
