@@ -87,11 +87,13 @@ def build_plan(sweep: SweepConfig) -> Plan:
     points: dict[str, list[PointRef]] = {}
     budgets = sweep.budgets
     for size in sweep.sizes:
+        shared = {**sweep.overrides, **size.overrides, "network.preset": size.preset}
+        cfg0 = _load(sweep.recipe, _args(shared), f"sizes[{size.name}]")  # The size's config before the points.
         for seed in sweep.seeds:
             if sweep.mode in ("separate", "both"):
                 for b in budgets:
                     along = sweep.mode == "both" and b == budgets[-1]
-                    run = _run(sweep, size, seed, b, tuple(budgets) if along else (b,), len(runs))
+                    run = _run(sweep, size, cfg0, seed, b, tuple(budgets) if along else (b,), len(runs))
                     runs.append(run)
                     points.setdefault("separate", []).append(PointRef("separate", size.name, seed, b, run.index))
                     if along:
@@ -99,7 +101,7 @@ def build_plan(sweep: SweepConfig) -> Plan:
                             PointRef("along", size.name, seed, e, run.index) for e in budgets
                         )
             else:
-                run = _run(sweep, size, seed, budgets[-1], tuple(budgets), len(runs))
+                run = _run(sweep, size, cfg0, seed, budgets[-1], tuple(budgets), len(runs))
                 runs.append(run)
                 points.setdefault("along", []).extend(PointRef("along", size.name, seed, e, run.index) for e in budgets)
     return Plan(sweep=sweep, runs=runs, points=points, metrics=metric_keys(base, ema), ema=ema)
@@ -124,11 +126,12 @@ def metric_keys(cfg: Config, ema: str) -> dict[str, str]:
     return {f"{m}_{n}step": f"{METRIC_TAGS[m]}/{n}step/{ema}" for m in cfg.eval.metrics for n in sorted(cfg.eval.steps)}
 
 
-def _run(sweep: SweepConfig, size: SizeSpec, seed: int, budget: int, evals: tuple[int, ...], index: int) -> Run:
-    """Resolve the config of one run: recipe < sweep overrides < size overrides < what the point sets."""
+def _run(
+    sweep: SweepConfig, size: SizeSpec, cfg0: Config, seed: int, budget: int, evals: tuple[int, ...], index: int
+) -> Run:
+    """Resolve the config of one run: recipe < sweep overrides < size overrides (`cfg0`) < what the point sets."""
     label = f"{size.name} seed {seed} budget {budget}"
     shared = {**sweep.overrides, **size.overrides, "network.preset": size.preset}
-    cfg0 = _load(sweep.recipe, _args(shared), f"sizes[{size.name}]")
     batch = cfg0.train.batch_size
     bad = [b for b in sorted({budget, *evals}) if b % batch]
     if bad:

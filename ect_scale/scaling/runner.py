@@ -103,6 +103,23 @@ class SweepRunner:
                 )
             self.say(f"[teachers] {size.name}: done in {time.time() - t0:.0f} s")
 
+    def check_eval_files(self, runs: list[Run]) -> None:
+        """UserError naming the first local evaluation file a run needs and lacks: the trainer reads them only
+        when it first evaluates, after training to the first budget."""
+        for run in runs:
+            ev = run.cfg.eval
+            needed = {"eval.ref_stats": ev.ref_stats}
+            needed.update({"eval.classifier_path": ev.classifier_path} if "fd_classifier" in ev.metrics else {})
+            needed.update({"eval.inception_path": ev.inception_path} if "fid" in ev.metrics else {})
+            needed.update({"eval.dinov2_path": ev.dinov2_path} if "fd_dinov2" in ev.metrics else {})
+            for option, path in needed.items():
+                if path and "://" not in path and not os.path.exists(path):
+                    raise UserError(
+                        f"{run.label()}: {option} {path} does not exist (the run would train, then fail to evaluate)",
+                        "create it first (docs/evaluation.md; for the digits: tools/train_classifier.py and "
+                        "tools/fid_ref.py --shards, as benchmarks/scaling_cpu.sh does) or fix the path",
+                    )
+
     def check_teachers(self, runs: list[Run]) -> None:
         """UserError naming the first size whose teacher file is missing (before anything trains)."""
         for i, size in enumerate(self.plan.sweep.sizes):
@@ -128,6 +145,7 @@ class SweepRunner:
             else:
                 todo.append((run, state))
         self.check_teachers([r for r, _ in todo])
+        self.check_eval_files([r for r, _ in todo])
         for run, state in todo:
             if not self.train(run, state.checkpoint_nimg):
                 failed.append(run)

@@ -117,8 +117,15 @@ def test_tool_prints_one_line_and_exits_2(sweep_file, tmp_path, capsys):
     assert tool.main([sweep_file, "run"]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
     assert "size w8: its teacher file" in line and "teachers" in line
+    # So does an evaluation file the trainer would read only after training to the first budget.
+    sizes = [{"name": "w8", "preset": "demo-digits8-w8"}]  # No init: a random start, no teacher to check.
+    no_ref = _variant(sweep_file, tmp_path, sizes=sizes, overrides={"eval.ref_stats": str(tmp_path / "none.npz")})
+    assert tool.main([no_ref, "run"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert "eval.ref_stats" in line and "does not exist" in line and "Fix: " in line
 
 
+@pytest.mark.slow  # 116 runs' configs resolved (a few seconds).
 def test_shipped_sweep_files_plan(tmp_path):
     paths = sorted(
         os.path.join(REPO, "configs", "sweeps", f) for f in os.listdir(os.path.join(REPO, "configs", "sweeps"))
