@@ -21,9 +21,22 @@ from ect_scale.runtime import dist
 from ect_scale.runtime.intervals import Interval
 
 
+class EvalSchedule:
+    """When in-loop evaluation is due: every `eval.interval_nimg` images (an `Interval`), and at the step that
+    reaches each of `eval.at_nimg` (log-spaced budgets of a scaling sweep). A step from `before` to `after` images
+    reaches n when before < n <= after, the rule `Interval` uses for its multiples."""
+
+    def __init__(self, interval_nimg: int, at_nimg: list[int]):
+        self.every = Interval(interval_nimg)
+        self.at_nimg = tuple(sorted(at_nimg))
+
+    def due(self, before_nimg: int, after_nimg: int) -> bool:
+        return self.every.due(before_nimg, after_nimg) or any(before_nimg < n <= after_nimg for n in self.at_nimg)
+
+
 class EMAOutputs:
     """EMA exports (`ema.export_nimg`; 0 = with every checkpoint), their sample grids (`logging.sample_grid`), and
-    in-loop evaluation (`eval.interval_nimg`)."""
+    in-loop evaluation (`eval.interval_nimg`, `eval.at_nimg`)."""
 
     def __init__(self, cfg: Config, run_dir: str, ema, engine, encoder, monitor, compute_record=None):
         self.network_cfg, self.ect_cfg, self.eval_cfg = cfg.network, cfg.ect, cfg.eval
@@ -31,7 +44,7 @@ class EMAOutputs:
         self.grid_samples = cfg.logging.sample_grid
         self.run_dir, self.ema, self.engine, self.encoder, self.monitor = run_dir, ema, engine, encoder, monitor
         self.every = Interval(cfg.ema.export_nimg)  # 0: exports go with checkpoints (the trainer's call).
-        self.evaluator_every = Interval(cfg.eval.interval_nimg)
+        self.evaluator_every = EvalSchedule(cfg.eval.interval_nimg, cfg.eval.at_nimg)
         self.exported_at: Optional[int] = None  # Images seen at the last export.
         self.evaluator = None  # Built at the first evaluation (loads detectors).
         self.grids_off_reason: Optional[str] = None  # Why grids cannot be drawn (said once).

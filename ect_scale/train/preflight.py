@@ -59,7 +59,7 @@ def unread_sections(cfg: Config) -> tuple[str, ...]:
         unread += ["data.url", "data.endpoint_url", "data.vae"]
     if not cfg.checkpoint.enabled:
         unread.append("checkpoint.")
-    if cfg.eval.interval_nimg == 0:
+    if not cfg.eval.enabled:
         unread.append("eval.")
     return tuple(unread)
 
