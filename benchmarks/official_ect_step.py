@@ -38,8 +38,11 @@ def main(argv=None) -> int:
     try:
         import training.loss  # noqa: F401  (the official code, put on PYTHONPATH by the caller)
     except ImportError:
-        print("error: the official code is not importable. Fix: run with PYTHONPATH=<checkout of locuslab/ect, "
-              "branch imgnet>, e.g. PYTHONPATH=.official", file=sys.stderr)
+        print(
+            "error: the official code is not importable. Fix: run with PYTHONPATH=<checkout of locuslab/ect, "
+            "branch imgnet>, e.g. PYTHONPATH=.official",
+            file=sys.stderr,
+        )
         return 2
     from training.loss import ECMLoss  # noqa: E402  (the official code, from PYTHONPATH)
     from training.networks_edm2 import Precond  # noqa: E402

@@ -1,9 +1,9 @@
 """A sweep as a SLURM array job: one array task per run (per point in `separate` mode), each running
 `launchers/slurm_train.sbatch` (its preemption handling: SIGUSR1 before the time limit, checkpoint, requeue).
 
-    paths = write_slurm(plan, sweep_path="configs/sweeps/img64.yaml", workdir=os.getcwd())  # the repository root
+    paths = write_slurm(plan, sweep_path="configs/sweeps/img64-ecm.yaml", workdir=os.getcwd())  # the repository root
     # sbatch <out_dir>/slurm/sweep.sbatch   then, when the array is done:
-    # python tools/scaling.py configs/sweeps/img64.yaml report
+    # python tools/scaling.py configs/sweeps/img64-ecm.yaml report
 
 `<out_dir>/slurm/tasks.tsv` lists the runs (index, run folder, recipe, overrides; tab-separated). A task whose run
 is already done (`tools/scaling.py <sweep> done <index>`) exits at once, so re-submitting the array after a partial
