@@ -123,7 +123,15 @@ def _load_yaml(path: str, seen: list[str]) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file not found: {path}. Fix: pass an existing YAML file (see configs/)")
     with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(
+                f"{path}: not valid YAML{where} ({problem}). Fix: correct the YAML syntax there"
+            ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     base = raw.pop("base", None)

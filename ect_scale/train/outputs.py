@@ -126,5 +126,5 @@ class EMAOutputs:
                 self.monitor.add_images(name, grid if grid.ndim == 4 else grid.unsqueeze(0), nimg)
             del net
         results.update(extra_scalars or {})
-        self.monitor.log(nimg, results)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
+        self.monitor.log(nimg, results, status=False)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
         return results
