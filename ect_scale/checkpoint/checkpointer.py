@@ -62,6 +62,7 @@ class SaveReport:
     ds_sec: float = 0.0  # DeepSpeed's save_checkpoint on this rank.
     state_sec: float = 0.0  # Trainer state (EMA + master shards, RNG, stream) on this rank.
     upload_sec: float = 0.0  # Checksums and uploads on this rank.
+    outage_sec: float = 0.0  # Of the save's time, spent waiting for an object store that was out (this rank).
     total_sec: float = 0.0  # Wall time of the whole collective save.
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -144,7 +145,7 @@ class Checkpointer:
     def save(self, parts: Checkpointable) -> bool:
         """Write a checkpoint of the current state (collective). Returns False if the save failed (the previous
         checkpoint stays the latest); raises after `max_consecutive_failures` failures in a row."""
-        t0 = time.time()
+        t0, lost0 = time.time(), self.dest.clock.lost_sec()
         nimg = parts.state.nimg
         tag = tag_for(nimg)
         report = SaveReport(tag, ok=False)
@@ -165,6 +166,7 @@ class Checkpointer:
         if not self.dest.is_local:
             shutil.rmtree(folder, ignore_errors=True)
         report.total_sec = time.time() - t0
+        report.outage_sec = self.dest.clock.lost_sec() - lost0
         self.reports.append(report)
         self._conclude(nimg, report)
         return report.ok
@@ -318,7 +320,9 @@ class Checkpointer:
             say(
                 f"checkpoint: saved {self.dest.display(report.tag)} ({report.total_bytes / 2**20:.1f} MiB, "
                 f"{report.rank_bytes / 2**20:.1f} MiB on rank 0) in {report.total_sec:.2f} s (DeepSpeed "
-                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s)"
+                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s"
+                + (f"; {report.outage_sec:.1f} s of the save waiting for the store" if report.outage_sec else "")
+                + ")"
             )
             return
         self.failures += 1

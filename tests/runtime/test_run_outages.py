@@ -78,6 +78,7 @@ def test_a_short_outage_during_a_save_is_ridden_out_and_counted(result):
     out, bucket = result
     saved = [s for s in out["said"] if s.startswith("checkpoint: saved")]
     assert [s.split(" (")[0].rsplit("/", 1)[1] for s in saved] == ["ckpt-000000000008", "ckpt-000000000016"]
+    assert "s of the save waiting for the store)" in saved[1]  # The save's time breakdown shows the outage.
     lost = [row.get("Checkpoint/outage_sec", 0) for row in out["stats"]]
     assert max(lost) > 0.5  # In stats.jsonl (and TensorBoard) from the status line after the outage.
 
