@@ -31,15 +31,16 @@ import time
 import uuid
 from typing import Callable, Optional
 
-from ect_scale.runtime.errors import UserError
+from ect_scale.runtime.errors import ConfigError
 
 LOCK_NAME = "LOCK"
 STALE_S = 600.0  # A holder on another host that has not renewed its lock for this long counts as dead.
 _HELD: dict[str, "FolderLock"] = {}  # The locks this process holds, by lock path.
 
 
-class FolderBusyError(UserError):
-    """Another live run holds the folder."""
+class FolderBusyError(ConfigError):
+    """Another live run holds the folder: run_dir / checkpoint.dir name a folder in use. A configuration error, so
+    that the refused start writes no error log (into the other run's logs/)."""
 
 
 def process_start(pid: int) -> Optional[str]:
