@@ -317,10 +317,12 @@ class Checkpointer:
             self.failures = 0
             self.last_saved_nimg = nimg
             self.latest_complete = report.tag
+            rest = max(0.0, report.total_sec - report.ds_sec - report.state_sec - report.upload_sec)  # All else.
             say(
                 f"checkpoint: saved {self.dest.display(report.tag)} ({report.total_bytes / 2**20:.1f} MiB, "
                 f"{report.rank_bytes / 2**20:.1f} MiB on rank 0) in {report.total_sec:.2f} s (DeepSpeed "
-                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s"
+                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s, "
+                f"listing, checks and commit {rest:.2f} s"
                 + (f"; {report.outage_sec:.1f} s of the save waiting for the store" if report.outage_sec else "")
                 + ")"
             )
