@@ -81,10 +81,12 @@ def test_a_run_whose_lease_was_taken_over_learns_it(s3_bucket):
     lost = []
     lock = FolderLock(f"{s3_bucket}/ckpts", stale_s=0.4, on_lost=lost.append)
     lock.acquire()
-    _put_record(f"{s3_bucket}/ckpts", _foreign(renewed_ago=0))  # Another run took the folder (this one looked dead).
     deadline = time.monotonic() + 5
     while not lost and time.monotonic() < deadline:
-        time.sleep(0.05)
+        # Another run took the folder (this one looked dead to it) and renews it. A renewal of this run that read
+        # the record just before may write it back once; then the other run's next renewal notices (one stops).
+        _put_record(f"{s3_bucket}/ckpts", _foreign(renewed_ago=0))
+        time.sleep(0.1)
     assert lost and "was taken over by another run (host node-elsewhere" in lost[0]
     lock.release()
     assert lock.read()["host"] == "node-elsewhere"  # Releasing never overwrites the new holder's record.
