@@ -11,6 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/quickstart}; OUT=${2:-runs/cpu-abc}
 source .venv/bin/activate
+source launchers/require_done.sh
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 TEACHER=$(ls "$RUN"/teacher/ema/*.safetensors | tail -1)
 mkdir -p "$OUT"
@@ -25,6 +26,7 @@ for p in ${MODES:-fp32 fp16 bf16}; do
     --ema.export_nimg=$((2 * ${ECT_NIMG:-1920})) --checkpoint.interval_nimg=$((2 * ${ECT_NIMG:-1920})) \
     >> "$OUT/ect-$p.log" 2>&1
   echo "ect-$p rc=$? in $((SECONDS - t)) s"
+  require_done "$OUT/ect-$p" || continue   # deepspeed's status is 0 even when its launch process was killed.
   grep -E "^kimg|precision check|WARNING" "$OUT/ect-$p.log" | cut -c1-160
   python tools/quickstart_report.py --run "$RUN" --ect "$OUT/ect-$p" --out "$OUT/report-$p" --threads 2 | tail -9
 done

@@ -15,6 +15,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[quickstart] installed into .venv in $((SECONDS - t)) s"
 fi
 source .venv/bin/activate
+source launchers/require_done.sh   # deepspeed exits 0 even when its launch process was killed: trust <run_dir>/DONE
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 start=$SECONDS
 step() { echo "[quickstart] $1 (at $((SECONDS - start)) s)"; }
@@ -27,8 +28,10 @@ python tools/train_classifier.py --data runs/quickstart/data/manifest.json --out
     --threads 2
 step "teacher: EDM2 diffusion loss, deepspeed on 2 CPU processes"
 deepspeed --num_gpus 2 --master_port "${QUICKSTART_PORT:-29511}" launchers/train.py --config configs/demo-digits-teacher.yaml
+require_done runs/quickstart/teacher
 step "ECT: tuning the teacher into a 1-2 step generator"
 deepspeed --num_gpus 2 --master_port "${QUICKSTART_PORT:-29511}" launchers/train.py --config configs/demo-digits.yaml
+require_done runs/quickstart/ect
 step "report: teacher vs ECT samples"
 python tools/quickstart_report.py --run runs/quickstart --threads 2
 step "done"

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ect_scale.checkpoint.collective import all_gather_object, on_main
+from ect_scale.checkpoint.collective import all_gather_object
 from ect_scale.checkpoint.ds_io import WriteLog, ds_version, load_deepspeed, save_deepspeed
 from ect_scale.checkpoint.layout import (
     FORMAT,
@@ -50,6 +50,7 @@ from ect_scale.checkpoint.storage import Destination, crc32_file, staging_root
 from ect_scale.config import CheckpointConfig
 from ect_scale.runtime import dist
 from ect_scale.runtime.intervals import Interval
+from ect_scale.runtime.outage import StoreOutageError
 
 
 @dataclass
@@ -61,6 +62,7 @@ class SaveReport:
     ds_sec: float = 0.0  # DeepSpeed's save_checkpoint on this rank.
     state_sec: float = 0.0  # Trainer state (EMA + master shards, RNG, stream) on this rank.
     upload_sec: float = 0.0  # Checksums and uploads on this rank.
+    outage_sec: float = 0.0  # Of the save's time, spent waiting for an object store that was out (this rank).
     total_sec: float = 0.0  # Wall time of the whole collective save.
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -71,13 +73,14 @@ class Checkpointer:
     def __init__(self, ccfg: CheckpointConfig, run_dir: str, spec: RunSpec, say: Callable[[str], None] = dist.print0):
         self.ccfg, self.spec, self.say = ccfg, spec, say  # `say`: where save outcomes go (the trainer's monitor).
         self.every = Interval(ccfg.interval_nimg)  # Periodic saves; the trainer also saves on stop and at the end.
-        self.dest = Destination(self.ccfg.dir or os.path.join(run_dir, "checkpoints"))
+        self.dest = Destination(self.ccfg.dir or os.path.join(run_dir, "checkpoints"), ccfg.outage_window_s)
         self.staging = staging_root(self.ccfg.staging_dir, self.dest.url)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.plan: Optional[ResumePlan] = None
         self._planned = False
         self.last_saved_nimg: Optional[int] = None
         self.resumed_nimg: Optional[int] = None
+        self.latest_complete: Optional[str] = None  # Tag of the newest complete checkpoint (resumed from or saved).
         self.failures = 0
         self.reports: list[SaveReport] = []
 
@@ -109,6 +112,7 @@ class Checkpointer:
         load_deepspeed(ds, plan.load_dir, plan.load_tag, plan.universal)
         notes = restore_state(parts, plan, self.rank, self.world_size)
         self.resumed_nimg = parts.state.nimg
+        self.latest_complete = plan.tag
         secs = time.time() - t0
         how = (
             "exact resume"
@@ -141,7 +145,7 @@ class Checkpointer:
     def save(self, parts: Checkpointable) -> bool:
         """Write a checkpoint of the current state (collective). Returns False if the save failed (the previous
         checkpoint stays the latest); raises after `max_consecutive_failures` failures in a row."""
-        t0 = time.time()
+        t0, lost0 = time.time(), self.dest.clock.lost_sec()
         nimg = parts.state.nimg
         tag = tag_for(nimg)
         report = SaveReport(tag, ok=False)
@@ -162,6 +166,7 @@ class Checkpointer:
         if not self.dest.is_local:
             shutil.rmtree(folder, ignore_errors=True)
         report.total_sec = time.time() - t0
+        report.outage_sec = self.dest.clock.lost_sec() - lost0
         self.reports.append(report)
         self._conclude(nimg, report)
         return report.ok
@@ -180,6 +185,8 @@ class Checkpointer:
         if dist.is_main():
             try:
                 clear_stale()
+            except StoreOutageError as e:
+                raise self._not_saved(tag, e) from e
             except Exception as e:  # noqa: BLE001
                 log.fail(f"removing the stale {self.dest.display(tag)}", e)
         dist.barrier()
@@ -256,6 +263,8 @@ class Checkpointer:
         for rec in records:
             try:
                 self.dest.upload(os.path.join(folder, rec.path), tag, rec.path)
+            except StoreOutageError as e:
+                raise self._not_saved(tag, e) from e
             except Exception as e:  # noqa: BLE001 - network and permission errors alike
                 log.fail(f"uploading {rec.path} to {self.dest.display(tag)}", e)
                 break
@@ -268,6 +277,8 @@ class Checkpointer:
             try:
                 self._check_destination(marker)
                 self.dest.write_text_atomic(marker.to_text(), marker.tag, MARKER)
+            except StoreOutageError as e:
+                raise self._not_saved(marker.tag, e) from e
             except Exception as e:  # noqa: BLE001
                 error = f"committing: {type(e).__name__}: {e}"
             if error is None:
@@ -305,10 +316,15 @@ class Checkpointer:
         if report.ok:
             self.failures = 0
             self.last_saved_nimg = nimg
+            self.latest_complete = report.tag
+            rest = max(0.0, report.total_sec - report.ds_sec - report.state_sec - report.upload_sec)  # All else.
             say(
                 f"checkpoint: saved {self.dest.display(report.tag)} ({report.total_bytes / 2**20:.1f} MiB, "
                 f"{report.rank_bytes / 2**20:.1f} MiB on rank 0) in {report.total_sec:.2f} s (DeepSpeed "
-                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s)"
+                f"{report.ds_sec:.2f} s, trainer state {report.state_sec:.2f} s, upload {report.upload_sec:.2f} s, "
+                f"listing, checks and commit {rest:.2f} s"
+                + (f"; {report.outage_sec:.1f} s of the save waiting for the store" if report.outage_sec else "")
+                + ")"
             )
             return
         self.failures += 1
@@ -319,8 +335,7 @@ class Checkpointer:
                 pass
         dist.barrier()
         errors = "; ".join(f"rank {r}: {e}" for r, e in sorted(report.errors.items()))
-        complete = [t for t in self._complete_tags() if t != report.tag]
-        latest = self.dest.display(complete[-1]) if complete else "none (a failed first save)"
+        latest = self._latest()
         say(
             f"checkpoint: FAILED to save {report.tag} at {nimg:,} images ({errors}). Latest complete checkpoint: "
             f"{latest}. Failure {self.failures} of {self.ccfg.max_consecutive_failures} allowed in a row"
@@ -332,5 +347,14 @@ class Checkpointer:
                 f"access at {self.dest.url}, then re-run the same command to resume"
             )
 
-    def _complete_tags(self) -> list[str]:
-        return on_main(lambda: [t for t in self.dest.tags() if self.dest.is_complete(t)])
+    def _latest(self) -> str:
+        """The newest complete checkpoint, as this run knows it (no listing: the store may be out)."""
+        return self.dest.display(self.latest_complete) if self.latest_complete else "none (a failed first save)"
+
+    def _not_saved(self, tag: str, error: StoreOutageError) -> StoreOutageError:
+        """The store stayed out longer than checkpoint.outage_window_s during a save: stop the run (the failed
+        folder has no COMPLETE marker and is ignored), naming the checkpoint a re-run resumes from."""
+        return StoreOutageError(
+            f"{error.what}; checkpoint {tag} was not saved, the latest complete checkpoint is {self._latest()}",
+            error.fix,
+        )

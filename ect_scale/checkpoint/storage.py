@@ -1,21 +1,34 @@
 """Checkpoint destinations through fsspec: a local/shared filesystem (written in place) or object storage (files are
 staged in a node-local folder and uploaded). Atomicity never relies on the store: a checkpoint exists once its
 COMPLETE marker exists, and removal deletes the marker first.
+
+On object storage every operation rides out a store outage (refused or dropped connections, timeouts, 5xx) for
+`outage_window_s` (`checkpoint.outage_window_s`), logging it once when it starts and once when it ends
+(`ect_scale.runtime.outage`); past the window it raises `StoreOutageError`. A 404 is believed only while the
+folder's lock record (`runtime/lock.py`, written by the run before any checkpoint I/O) is still there: a store that
+answers 404 for that too is restarting, and the operation waits for it like for any outage.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import tempfile
 import zlib
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ect_scale.checkpoint.layout import MARKER, TAG_RE, CheckpointError
+from ect_scale.data.storage import StorageOptions, filesystem, protocol_of
+from ect_scale.runtime import dist
+from ect_scale.runtime.lock import LOCK_NAME
+from ect_scale.runtime.outage import OutageClock, is_missing, outage_reason, ride_out
+
+log = logging.getLogger("ect_scale.checkpoint")
 
 CHUNK = 16 << 20
 
@@ -38,12 +51,17 @@ def staging_root(configured: Optional[str], dest_url: str) -> str:
 
 
 class Destination:
-    """A checkpoint root (`checkpoint.dir`)."""
+    """A checkpoint root (`checkpoint.dir`). `options`: timeouts and endpoint of an object store (default: from the
+    environment, as for data)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, outage_window_s: float = 600.0, options: Optional[StorageOptions] = None):
         self.url = url.rstrip("/")
+        self.outage_window_s = outage_window_s
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+            if protocol_of(self.url) in ("s3", "s3a"):
+                self.fs, self.root = filesystem(self.url, (options or StorageOptions()).resolved())
+            else:
+                self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as e:
             raise CheckpointError(
                 f"checkpoint.dir: cannot open {self.url} ({e}). Fix: install the fsspec backend "
@@ -51,6 +69,53 @@ class Destination:
             ) from None
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        rank = f" (rank {dist.get_rank()})" if dist.get_world_size() > 1 else ""
+        self.clock = OutageClock(f"checkpoint store{rank}", log.warning)
+        self.canary: Optional[str] = None  # The lock record, when the folder has one (see the module docstring).
+        if not self.is_local and self._call("checking", lambda: self.fs.exists(self.path(LOCK_NAME)), LOCK_NAME):
+            self.canary = self.path(LOCK_NAME)
+
+    # ------------------------------------------------------------------ outages
+    def _call(self, what: str, fn: Callable[[], Any], *parts: str) -> Any:
+        """`fn()`, riding out an outage of an object store (see the module docstring); local: just `fn()`."""
+        if self.is_local:
+            return fn()
+        return ride_out(
+            fn,
+            window_s=self.outage_window_s,
+            option="checkpoint.outage_window_s",
+            clock=self.clock,
+            what=f"{what} {self.display(*parts)}",
+            classify=self._outage,
+            on_retry=self.refresh,
+        )
+
+    def _outage(self, error: BaseException) -> Optional[str]:
+        reason = outage_reason(error)
+        if reason is None and self.canary is not None and is_missing(error) and not self._canary_found():
+            reason = f"404 for {self.canary} too, which exists: the store is restarting?"
+        return reason
+
+    def _canary_found(self) -> bool:
+        try:
+            self.fs.invalidate_cache(self.canary)
+            self.fs.info(self.canary)
+            return True
+        except Exception:  # noqa: BLE001 - missing, or the store is not answering
+            return False
+
+    def _found(self, what: str, fn: Callable[[], bool], *parts: str) -> bool:
+        """A yes/no lookup whose "no" is checked against the canary like a 404."""
+
+        def lookup() -> bool:
+            if not fn():
+                raise FileNotFoundError(self.display(*parts))
+            return True
+
+        try:
+            return self._call(what, lookup, *parts)
+        except FileNotFoundError:
+            return False
 
     # ------------------------------------------------------------------ naming
     def path(self, *parts: str) -> str:
@@ -68,25 +133,28 @@ class Destination:
         """Checkpoint folders under the root (complete or not), oldest first."""
         self.refresh()
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self._call("listing", lambda: self.fs.ls(self.root, detail=False))
         except FileNotFoundError:
             return []
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
         return sorted(n for n in names if TAG_RE.match(n))
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return self._found("checking", lambda: self.fs.exists(self.path(*parts)), *parts)
 
     def is_complete(self, tag: str) -> bool:
         return self.exists(tag, MARKER)
 
     def read_text(self, *parts: str) -> str:
-        with self.fs.open(self.path(*parts), "r") as f:
-            return f.read()
+        def read() -> str:
+            with self.fs.open(self.path(*parts), "r") as f:
+                return f.read()
+
+        return self._call("reading", read, *parts)
 
     def size(self, *parts: str) -> Optional[int]:
         try:
-            return int(self.fs.info(self.path(*parts))["size"])
+            return int(self._call("checking", lambda: self.fs.info(self.path(*parts)), *parts)["size"])
         except FileNotFoundError:
             return None
 
@@ -96,7 +164,7 @@ class Destination:
         self.refresh()
         base = self.path(tag).rstrip("/") + "/"
         try:
-            found = self.fs.find(base, detail=True)
+            found = self._call("listing", lambda: self.fs.find(base, detail=True), tag)
         except FileNotFoundError:
             return {}
         return {
@@ -107,15 +175,19 @@ class Destination:
 
     def download_tree(self, tag: str, local_dir: str) -> None:
         """Copy one checkpoint folder to a local folder (replacing it)."""
-        shutil.rmtree(local_dir, ignore_errors=True)
-        os.makedirs(local_dir, exist_ok=True)
-        self.fs.get(self.path(tag) + "/", local_dir.rstrip("/") + "/", recursive=True)
+
+        def download() -> None:
+            shutil.rmtree(local_dir, ignore_errors=True)
+            os.makedirs(local_dir, exist_ok=True)
+            self.fs.get(self.path(tag) + "/", local_dir.rstrip("/") + "/", recursive=True)
+
+        self._call("downloading", download, tag)
 
     # ------------------------------------------------------------------ writing
     def upload(self, local_path: str, *parts: str) -> None:
         """Upload one file and check the stored size (a truncated upload raises)."""
         remote = self.path(*parts)
-        self.fs.put_file(local_path, remote)
+        self._call("uploading to", lambda: self.fs.put_file(local_path, remote), *parts)
         self.fs.invalidate_cache(remote)
         stored, want = self.size(*parts), os.path.getsize(local_path)
         if stored != want:
@@ -132,8 +204,7 @@ class Destination:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         else:
-            with self.fs.open(target, "w") as f:
-                f.write(text)
+            self._call("writing", lambda: self.fs.pipe_file(target, text.encode()), *parts)
 
     def remove_checkpoint(self, tag: str) -> None:
         """Delete a checkpoint folder, its marker first (an interrupted removal leaves an incomplete checkpoint,
@@ -141,7 +212,7 @@ class Destination:
         if not TAG_RE.match(tag):
             raise ValueError(f"refusing to remove {tag!r}: not a checkpoint folder name")
         if self.exists(tag, MARKER):
-            self.fs.rm(self.path(tag, MARKER))
+            self._call("removing", lambda: self.fs.rm(self.path(tag, MARKER)), tag, MARKER)
         if self.exists(tag):
-            self.fs.rm(self.path(tag), recursive=True)
+            self._call("removing", lambda: self.fs.rm(self.path(tag), recursive=True), tag)
         self.refresh()

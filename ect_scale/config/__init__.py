@@ -104,6 +104,14 @@ class Config:
             "to networks built for sampling",
             "remove network.compute_dtype and set engine.precision=bf16|fp16|tf32|fp32",
         )
+        window = max(self.data.outage_window_s, self.checkpoint.outage_window_s)
+        check(
+            not self.train.hang_timeout_s or self.train.hang_timeout_s > window,
+            "train.hang_timeout_s",
+            f"must be longer than the store outage windows (data.outage_window_s / checkpoint.outage_window_s, "
+            f"up to {window:g} s), which a healthy run may spend waiting (got {self.train.hang_timeout_s:g})",
+            "raise train.hang_timeout_s, lower the outage windows, or set train.hang_timeout_s=0 (off)",
+        )
 
     # Fields that must not change when resuming a run (the checkpoint stores them and names any difference).
     IMMUTABLE = ("network", "ect", "train.batch_size", "train.seed", "optim", "ema.stds", "ema.beta")

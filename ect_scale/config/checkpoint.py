@@ -20,6 +20,7 @@ class CheckpointConfig:
     staging_dir: Optional[str] = None  # Node-local scratch (object-store transfers, universal conversion); $TMPDIR.
     convert_workers: int = 4  # Processes for DeepSpeed's ds_to_universal (resume at another world size).
     max_consecutive_failures: int = 3  # Stop training after this many failed saves in a row (the last good stays).
+    outage_window_s: float = 600.0  # Object storage: ride out an outage this long during save/resume, then stop.
 
     def validate(self, path: str = "checkpoint") -> None:
         p = path or "checkpoint"
@@ -32,4 +33,10 @@ class CheckpointConfig:
             f"{p}.max_consecutive_failures",
             "must be >= 1",
             "use e.g. 3 (training stops after that many failed saves in a row)",
+        )
+        check(
+            self.outage_window_s >= 0,
+            f"{p}.outage_window_s",
+            "must be >= 0",
+            "use e.g. 600 (seconds that checkpoint I/O waits for the store to come back; 0 = no waiting)",
         )

@@ -26,7 +26,8 @@ class DataConfig:
     )
     connect_timeout_s: float = 10.0  # Object-store connection timeout per request.
     read_timeout_s: float = 60.0  # Object-store read timeout per request.
-    retries: int = 5  # Re-opens of a shard at its byte offset after a transient read error.
+    retries: int = 5  # Re-opens of a shard at its byte offset after an unexpected read error (not an outage).
+    outage_window_s: float = 600.0  # Ride out a store outage this long (capped back-off), then stop the run.
     block_size_mib: int = 16  # Read-ahead block size for shard reads from object storage.
     vae: Optional[str] = None  # Where to load the SD-VAE decoder from (local dir or hub id); None = the manifest's.
     synthetic_encoder: Literal["sd-vae", "pixels"] = "sd-vae"  # kind=synthetic: latent moments [N,8,h,w] or uint8 RGB.
@@ -54,6 +55,12 @@ class DataConfig:
         check(self.connect_timeout_s > 0, f"{p}.connect_timeout_s", "must be > 0", "use e.g. 10")
         check(self.read_timeout_s > 0, f"{p}.read_timeout_s", "must be > 0", "use e.g. 60")
         check(self.retries >= 0, f"{p}.retries", "must be >= 0", "use e.g. 5")
+        check(
+            self.outage_window_s >= 0,
+            f"{p}.outage_window_s",
+            "must be >= 0",
+            "use e.g. 600 (seconds that reads wait for a store to come back; 0 = stop at the first failed request)",
+        )
         check(self.block_size_mib >= 1, f"{p}.block_size_mib", "must be >= 1", "use 16-64 for sequential tar reads")
         check(
             self.synthetic_resolution >= 1,

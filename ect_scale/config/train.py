@@ -15,6 +15,7 @@ class TrainLoopConfig:
     seed: int = 0  # Seeds t, noise, dropout and latent sampling per (rank, nimg).
     status_nimg: int = 128_000  # Interval of status lines, TensorBoard scalars and stats.jsonl rows.
     slice_nimg: int = 0  # Stop (with a checkpoint) after this many images in this invocation; 0 = off.
+    hang_timeout_s: float = 1800.0  # A rank with no progress this long dumps its stacks and exits (code 3); 0 = off.
 
     def validate(self, path: str = "train") -> None:
         p = path or "train"
@@ -29,6 +30,12 @@ class TrainLoopConfig:
         check(self.total_nimg > 0, f"{p}.total_nimg", "must be > 0", "set the training length, e.g. 12.8M")
         check(self.status_nimg > 0, f"{p}.status_nimg", "must be > 0", "use e.g. 128k")
         check(self.slice_nimg >= 0, f"{p}.slice_nimg", "must be >= 0", "use 0 to disable slicing")
+        check(
+            self.hang_timeout_s >= 0,
+            f"{p}.hang_timeout_s",
+            "must be >= 0",
+            "use e.g. 1800 (longer than the slowest save, evaluation or resume), or 0 to turn hang detection off",
+        )
 
     def accumulation_rounds(self, world_size: int) -> int:
         """Gradient-accumulation rounds per optimizer step for `world_size` data-parallel ranks."""

@@ -11,6 +11,12 @@ Resume: `state_dict()` holds (epoch, batch within epoch, layout). With the same 
 epoch stream and drops the batches it had produced (without decoding them): the batches after the resume are
 exactly those an uninterrupted run would have seen. With another layout (world size, workers, batch size,
 shuffle buffer, seed or shards) the position is mapped to the same fraction of the epoch; see docs/data.md.
+
+Outages: a rank's workers share one `OutageClock` (in shared memory), so a store outage is logged once per rank when
+it starts and once when it ends, and its length is counted (`counters()["outage_sec"]`). Reads wait where they
+are (the position is never lost); past `data.outage_window_s` the run stops with `StoreOutageError`. Expected
+failures raised in a worker (`UserError`s) reach the training process as the same exception, not as DataLoader's
+multi-line re-raise (the worker's traceback is attached as a note, for the run's error log).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import traceback
 from collections import Counter
 from itertools import count, islice
 from typing import Iterator, Optional
@@ -35,6 +42,7 @@ from ect_scale.data.manifest import LABEL_EXT, RAW_EXT, Manifest
 from ect_scale.data.order import Layout, shuffled
 from ect_scale.data.storage import StorageError, StorageOptions
 from ect_scale.runtime.errors import UserError
+from ect_scale.runtime.outage import OutageClock, StoreOutageError
 from ect_scale.runtime.procs import exit_with_parent
 
 log = logging.getLogger("ect_scale.data")
@@ -42,13 +50,29 @@ _WARN_FIRST, _WARN_EVERY = 10, 100
 COUNTER_NAMES = ("corrupt_shards_skipped", "samples_skipped", "refill_passes", "read_retries")
 
 
+class WorkerFailure:
+    """What a worker yields instead of raising an expected failure (`UserError`): the exception and the worker's
+    traceback text. The training process raises the exception itself (`TrainStream.__next__`)."""
+
+    def __init__(self, error: BaseException, where: str):
+        self.error, self.where = error, where
+
+
 class ShardWorkerStream(IterableDataset):
     """What one DataLoader worker yields: `(raw, labels, meta)` batches, forever, from (start_epoch, start_batch)."""
 
     def __init__(
-        self, manifest: Manifest, layout: Layout, rank: int, options: StorageOptions, start_epoch: int, start_batch: int
+        self,
+        manifest: Manifest,
+        layout: Layout,
+        rank: int,
+        options: StorageOptions,
+        start_epoch: int,
+        start_batch: int,
+        clock: Optional[OutageClock] = None,
     ):
         super().__init__()
+        self.clock, self.canary = clock, manifest.url  # The manifest exists: a 404 for it too is an outage.
         self.urls = [manifest.shard_url(i) for i in range(len(manifest.shards))]
         self.sizes = [s.bytes for s in manifest.shards]
         self.raw_shape, self.raw_dtype = tuple(manifest.raw_shape), np.dtype(manifest.raw_dtype)
@@ -61,13 +85,18 @@ class ShardWorkerStream(IterableDataset):
         physical = info.id if info is not None else 0
         # Rotate worker roles so that the DataLoader's first worker serves the next batch (rank batch k -> k % W).
         worker = (physical + self.start_batch) % self.layout.workers
-        storage.configure_process(self.options)
+        storage.configure_process(self.options, self.clock, self.canary)
         counters = Counter({name: 0 for name in COUNTER_NAMES})
         self._retries0 = storage.COUNTERS["read_retries"]  # Per-process counter; report this stream's share.
         skip = self.layout.worker_batches_done(self.start_batch, worker)
-        for epoch in count(self.start_epoch):
-            yield from self._epoch(epoch, worker, skip, counters)
-            skip = 0
+        try:
+            for epoch in count(self.start_epoch):
+                yield from self._epoch(epoch, worker, skip, counters)
+                skip = 0
+        except UserError as e:
+            if info is None:
+                raise  # In the training process already (num_workers: 0).
+            yield WorkerFailure(e, f"DataLoader worker {physical} of rank {self.rank}:\n{traceback.format_exc()}")
 
     def _epoch(self, epoch: int, worker: int, skip: int, counters: Counter) -> Iterator:
         shards = self.layout.worker_shards(epoch, self.rank, worker)
@@ -131,6 +160,8 @@ class ShardWorkerStream(IterableDataset):
                         raise OSError(
                             f"truncated or modified: {stream.nbytes} bytes, the manifest says {self.sizes[shard]}"
                         )
+            except StoreOutageError:
+                raise  # The store did not come back within data.outage_window_s: stop, do not skip.
             except StorageError as e:
                 if e.kind in ("credentials", "unreachable"):
                     raise
@@ -255,6 +286,8 @@ class TrainStream:
         self._it = None
         self._base_counters: Counter = Counter()
         self._worker_counters: dict[int, dict] = {}
+        context = multiprocessing.get_context(cfg.start_method if cfg.num_workers else None)
+        self.clock = OutageClock(f"data (rank {rank})", log.warning, context.Array("d", 3))
         if cfg.num_workers and cfg.start_method == "forkserver":
             start_forkserver()
 
@@ -268,7 +301,11 @@ class TrainStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
             self._start()
-        raw, labels, meta = next(self._it)
+        item = next(self._it)
+        if isinstance(item, WorkerFailure):
+            item.error.add_note(f"Raised in {item.where}")
+            raise item.error
+        raw, labels, meta = item
         expected = (self.epoch, self.batch_in_epoch % self.layout.workers, self.batch_in_epoch // self.layout.workers)
         if (meta["epoch"], meta["worker"], meta["index"]) != expected:
             raise RuntimeError(
@@ -283,7 +320,7 @@ class TrainStream:
 
     def _start(self) -> None:
         dataset = ShardWorkerStream(
-            self.manifest, self.layout, self.rank, self.options, self.epoch, self.batch_in_epoch
+            self.manifest, self.layout, self.rank, self.options, self.epoch, self.batch_in_epoch, self.clock
         )
         workers = self.cfg.num_workers
         self._loader = DataLoader(
@@ -298,12 +335,16 @@ class TrainStream:
         )
         self._it = iter(self._loader)
 
-    def counters(self) -> dict[str, int]:
-        """This rank's event counts since the run started (sum over workers; carried across resumes)."""
+    def counters(self) -> dict[str, float]:
+        """This rank's event counts since the run started (sum over workers; carried across resumes), and its store
+        outages: how many, and the seconds they lasted (`outage_sec`, the ongoing one included)."""
         total = Counter(self._base_counters)
         for c in self._worker_counters.values():
             total.update(c)
-        return {name: int(total[name]) for name in COUNTER_NAMES}
+        out: dict[str, float] = {name: int(total[name]) for name in COUNTER_NAMES}
+        out["outages"] = int(total["outages"]) + self.clock.count()
+        out["outage_sec"] = float(total["outage_sec"]) + self.clock.lost_sec()
+        return out
 
     def state_dict(self) -> dict:
         return {
@@ -325,6 +366,7 @@ class TrainStream:
         self.close()
         self._base_counters = Counter(state.get("counters", {}))
         self._worker_counters = {}
+        self.clock.shared[:] = [0.0, 0.0, 0.0]  # The saved counters hold the outages before this point.
         saved, now = state["layout"], self._layout_desc
         if saved == now:
             self.epoch, self.batch_in_epoch, self.resume_path = int(state["epoch"]), int(state["batch"]), "exact"

@@ -7,7 +7,12 @@ Any fsspec URL works (local paths, `s3://`, `gs://`, ...). For `s3://` the endpo
 
 Filesystems are created lazily per process (never inherited across fork; s3fs is not fork-safe) and cached by pid.
 webdataset 1.x has no `s3://` opener: importing this module registers `gopen` handlers for s3 and the other
-fsspec object stores, backed by `RetryingReader`, which re-opens a shard at its byte offset after a transient error.
+fsspec object stores, backed by `RetryingReader`, which re-opens a shard at its byte offset after a transient error
+and rides out a store outage (`ect_scale.runtime.outage`) for `StorageOptions.outage_window_s`.
+
+botocore sends `Expect: 100-continue` with every upload, and aiohttp waits for the interim answer with no timeout, so
+an upload to a store that accepts connections but stalls would wait forever; the S3 filesystems made here leave the
+header out, and the read timeout bounds every request.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 import random
 import time
@@ -26,10 +32,12 @@ from fsspec.implementations.local import LocalFileSystem
 from webdataset.gopen import gopen_schemes
 
 from ect_scale.runtime.errors import UserError
+from ect_scale.runtime.outage import OutageClock, StoreOutageError, is_missing, outage_reason, ride_out
 
 __all__ = [
     "StorageError",
     "StorageOptions",
+    "StoreOutageError",
     "filesystem",
     "join",
     "read_bytes",
@@ -69,6 +77,7 @@ class StorageOptions:
     read_timeout_s: float = 60.0
     retries: int = 5  # Re-opens of a read after a transient error (with exponential backoff).
     block_size: int = 16 << 20  # Read-ahead block in bytes.
+    outage_window_s: float = 600.0  # How long shard reads ride out a store outage before the run stops.
 
     @classmethod
     def from_config(cls, cfg: Any) -> "StorageOptions":
@@ -78,6 +87,7 @@ class StorageOptions:
             read_timeout_s=cfg.read_timeout_s,
             retries=cfg.retries,
             block_size=cfg.block_size_mib << 20,
+            outage_window_s=cfg.outage_window_s,
         )
 
     def s3_endpoint(self) -> Optional[str]:
@@ -98,7 +108,9 @@ class StorageOptions:
 
     def fast_fail(self) -> "StorageOptions":
         """Options for a first probe that must fail within seconds (no long retry chains)."""
-        return dataclasses.replace(self, connect_timeout_s=min(self.connect_timeout_s, 5.0), retries=1)
+        return dataclasses.replace(
+            self, connect_timeout_s=min(self.connect_timeout_s, 5.0), retries=1, outage_window_s=0.0
+        )
 
 
 def protocol_of(url: str) -> str:
@@ -134,14 +146,19 @@ def clear_filesystem_cache() -> None:
 
 def _s3_filesystem(options: StorageOptions):
     import s3fs
+    from aiobotocore.session import AioSession
+    from botocore.handlers import add_expect_header
 
     config_kwargs = {
         "connect_timeout": options.connect_timeout_s,
         "read_timeout": options.read_timeout_s,
         "retries": {"max_attempts": 1 if options.retries <= 1 else 2, "mode": "standard"},
     }
+    session = AioSession()
+    session.unregister("before-call.s3", add_expect_header)  # Bounded uploads (see the module docstring).
     # endpoint_url as a keyword overrides fsspec's FSSPEC_S3_ENDPOINT_URL config (both in client_kwargs would clash).
     fs = s3fs.S3FileSystem(
+        session=session,
         endpoint_url=options.s3_endpoint(),
         config_kwargs=config_kwargs,
         default_block_size=options.block_size,
@@ -271,15 +288,25 @@ def _makedirs(fs, path: str) -> None:
 
 
 class RetryingReader(io.RawIOBase):
-    """Sequential reader that re-opens the object at its current byte offset after a transient error.
+    """Sequential reader that re-opens the object at its current byte offset after a failed request.
 
-    Missing objects and permission errors are not retried. After `options.retries` failed re-opens the last
-    error is raised as a `StorageError`. Each retry increments `COUNTERS["read_retries"]`.
+    A store outage (`runtime.outage.outage_reason`: refused or dropped connections, timeouts, 5xx) is ridden out for
+    `options.outage_window_s`, then `StoreOutageError`. A 404 counts as an outage when the `canary` object (the
+    manifest, which exists) is missing too: a store restarting, not a missing shard. Other errors are retried
+    `options.retries` times, then raised as a `StorageError` (missing objects and rejected credentials at once).
+    Each re-open increments `COUNTERS["read_retries"]`.
     """
 
-    def __init__(self, url: str, options: StorageOptions):
+    def __init__(
+        self,
+        url: str,
+        options: StorageOptions,
+        clock: Optional[OutageClock] = None,
+        canary: Optional[str] = None,
+    ):
         super().__init__()
-        self.url, self.options = url, options
+        self.url, self.options, self.canary = url, options, canary
+        self.clock = clock or _PROCESS_CLOCK
         self._fs, self._path = filesystem(url, options)
         self._file = None
         self._pos = 0
@@ -295,6 +322,23 @@ class RetryingReader(io.RawIOBase):
         return f
 
     def readinto(self, buffer) -> int:
+        try:
+            return ride_out(
+                lambda: self._read_once(buffer),
+                window_s=self.options.outage_window_s,
+                option="data.outage_window_s",
+                clock=self.clock,
+                what=f"reading {self.url}",
+                classify=self._outage,
+                on_retry=self._retrying,
+            )
+        except (StorageError, StoreOutageError):
+            raise
+        except Exception as e:  # noqa: BLE001 - translated into an actionable message
+            raise describe_error(e, self.url, self.options) from e
+
+    def _read_once(self, buffer) -> int:
+        """One read; errors that are neither outages, missing objects nor rejected credentials are retried here."""
         for attempt in range(self.options.retries + 1):
             try:
                 if self._file is None:
@@ -303,16 +347,38 @@ class RetryingReader(io.RawIOBase):
                 buffer[: len(data)] = data
                 self._pos += len(data)
                 return len(data)
-            except _NOT_TRANSIENT as e:
-                raise describe_error(e, self.url, self.options) from e
+            except _NOT_TRANSIENT:
+                self._drop_file()
+                raise
             except Exception as e:  # noqa: BLE001 - network errors come in many types
                 self._drop_file()
-                error = describe_error(e, self.url, self.options)
-                if error.kind in ("credentials", "not-found") or attempt == self.options.retries:
-                    raise error from e
+                if outage_reason(e) or is_missing(e) or attempt == self.options.retries:
+                    raise
+                if describe_error(e, self.url, self.options).kind == "credentials":
+                    raise
                 COUNTERS["read_retries"] += 1
                 time.sleep(min(2.0**attempt, 30.0) * random.uniform(0.5, 1.0))  # 1, 2, 4, ... s with jitter.
         raise AssertionError("unreachable")
+
+    def _outage(self, error: BaseException) -> Optional[str]:
+        reason = outage_reason(error)
+        if reason is None and self.canary and is_missing(error) and not self._canary_found():
+            reason = f"404 for {self.url} and for {self.canary}, which exists: the store is restarting?"
+        return reason
+
+    def _canary_found(self) -> bool:
+        try:
+            fs, path = filesystem(self.canary, self.options)
+            fs.invalidate_cache(path)
+            fs.info(path)
+            return True
+        except Exception:  # noqa: BLE001 - missing, or the store is not answering: either way not found
+            return False
+
+    def _retrying(self) -> None:
+        COUNTERS["read_retries"] += 1
+        self._drop_file()
+        self._fs.invalidate_cache(self._path)  # s3fs caches what a failed listing or HEAD said.
 
     def _drop_file(self) -> None:
         try:
@@ -328,23 +394,32 @@ class RetryingReader(io.RawIOBase):
 
 
 def open_shard(url: str, options: Optional[StorageOptions] = None):
-    """A buffered, retrying reader for a shard; local paths are opened directly."""
+    """A buffered, retrying reader for a shard (with this process's outage clock and canary, `configure_process`);
+    local paths are opened directly."""
     if protocol_of(url) == "file":
         return open(local_path(url), "rb", buffering=1 << 20)
-    return io.BufferedReader(RetryingReader(url, options or _PROCESS_OPTIONS), buffer_size=1 << 20)
+    reader = RetryingReader(url, options or _PROCESS_OPTIONS, _PROCESS_CLOCK, _PROCESS_CANARY)
+    return io.BufferedReader(reader, buffer_size=1 << 20)
 
 
 # ----------------------------------------------------------------------------
 # webdataset gopen handlers for fsspec object stores.
 
 _PROCESS_OPTIONS = StorageOptions()
+_PROCESS_CLOCK = OutageClock("data", logging.getLogger("ect_scale.data").warning)
+_PROCESS_CANARY: Optional[str] = None
 _GOPEN_PROTOCOLS = ("s3", "s3a", "gcs", "gs", "az", "abfs", "abfss", "oss")
 
 
-def configure_process(options: StorageOptions) -> None:
-    """Set the storage options used by the gopen handlers in this process (call in each DataLoader worker)."""
-    global _PROCESS_OPTIONS
+def configure_process(
+    options: StorageOptions, clock: Optional[OutageClock] = None, canary: Optional[str] = None
+) -> None:
+    """Set the storage options, the outage clock and the canary object (an object known to exist: a 404 for it too
+    means the store is restarting) of the gopen handlers in this process (call in each DataLoader worker)."""
+    global _PROCESS_OPTIONS, _PROCESS_CLOCK, _PROCESS_CANARY
     _PROCESS_OPTIONS = options
+    _PROCESS_CLOCK = clock or _PROCESS_CLOCK
+    _PROCESS_CANARY = canary
 
 
 def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):

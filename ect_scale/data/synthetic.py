@@ -60,8 +60,9 @@ class SyntheticStream:
             raw, labels = raw.pin_memory(), labels.pin_memory()
         return raw, labels
 
-    def counters(self) -> dict[str, int]:
-        return {"corrupt_shards_skipped": 0, "samples_skipped": 0, "refill_passes": 0, "read_retries": 0}
+    def counters(self) -> dict[str, float]:
+        names = ("corrupt_shards_skipped", "samples_skipped", "refill_passes", "read_retries", "outages", "outage_sec")
+        return {name: 0 for name in names}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "batch": self.batch}

@@ -12,7 +12,7 @@ do not outlive the run, and ranks that stop when a peer fails.
 The full traceback always goes to `<log dir>/error-rank<R>.log` (`set_log_dir`, e.g. `<run_dir>/logs`; a temporary
 folder before the run directory is known), and the second line says where. Ranks that did not fail exit within
 seconds (`ect_scale.runtime.peers`), and a rank started by the deepspeed launcher or torchrun exits when its launcher
-dies.
+dies (for `deepspeed`, also when the `deepspeed` command itself dies: `procs.exit_with_parent(grandparent=True)`).
 
 Hangs can be diagnosed: `kill -USR2 <pid>` prints every thread's stack to stderr, and a process still alive
 `procs.EXIT_WATCHDOG_S` after its work ended (`procs.arm_exit_watchdog`, armed when the training loop ends and
@@ -21,6 +21,7 @@ when the body returns) prints them by itself, so a run that does not exit shows 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import platform
@@ -33,7 +34,13 @@ from typing import Callable, Optional
 
 from ect_scale.runtime import dist, peers
 from ect_scale.runtime.errors import ConfigError, UserError, user_error_of
-from ect_scale.runtime.procs import arm_exit_watchdog, enable_stack_dumps, exit_with_parent, started_by_launcher
+from ect_scale.runtime.procs import (
+    arm_exit_watchdog,
+    enable_stack_dumps,
+    exit_with_parent,
+    started_by_deepspeed,
+    started_by_launcher,
+)
 
 TEARDOWN_S = 10.0  # The longest a failing process spends leaving the process group before it exits anyway.
 
@@ -60,7 +67,8 @@ def run(body: Callable[[], int], program: str) -> int:
     global _program, _log_dir
     _program, _log_dir = program, None
     if started_by_launcher():
-        exit_with_parent(pdeathsig=False)
+        note = lambda what: _write_log(_rank(), f"stopping this rank: {what}\n")  # noqa: E731
+        exit_with_parent(pdeathsig=False, grandparent=started_by_deepspeed(), note=note)
     peers.enable(_note_peer_failure)
     _show_package_logs()
     enable_stack_dumps()
@@ -79,6 +87,23 @@ def run(body: Callable[[], int], program: str) -> int:
     arm_exit_watchdog()
     dist.shutdown()
     return code
+
+
+def abort(err: UserError, code: int, log_text: str = "") -> None:
+    """Stop this process now, from any thread (the main thread may be stuck in a collective): `log_text` and `err` go
+    to this rank's log, the failure to the other ranks (they stop within seconds), `error: <err>` to stderr (printed
+    once, as for any failure), then `os._exit(code)`."""
+    peers.stop()
+    rank = _rank()
+    path = _write_log(rank, f"{log_text}{err}\n")
+    first = peers.record_failure(rank, str(err)) if dist.is_initialized() else None
+    if _should_print(rank, err, first):
+        where = f"\n  (full log: {path})" if path else ""
+        print(f"{_prefix(rank)}: {err}{where}", file=sys.stderr, flush=True)
+    if first is not None and first[0] == rank:
+        peers.wait_for_acks(dist.get_world_size())
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _fail(exc: BaseException) -> int:
@@ -170,7 +195,10 @@ def _note_peer_failure(first: Optional[tuple[int, str]]) -> None:
         if first is not None
         else "lost the process group's rendezvous store (the rank hosting it died)"
     )
-    _write_log(_rank(), f"stopping this rank because {what}\n")
+    path = _write_log(_rank(), f"stopping this rank because {what}; every thread's stack:\n")
+    if path is not None:  # Where this rank was: e.g. in the collective that a hung rank never joined.
+        with open(path, "a") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
     sys.stdout.flush()
     sys.stderr.flush()
 

@@ -89,6 +89,30 @@ def wait_for_acks(world_size: int, timeout_s: float = 5.0) -> None:
         pass
 
 
+def publish(key: str, value: str) -> bool:
+    """Set `key` in the rendezvous store (False without a reachable store)."""
+    store = _connect()
+    if store is None:
+        return False
+    try:
+        store.set(key, value)
+        return True
+    except Exception:  # noqa: BLE001 - the store went away
+        return False
+
+
+def lookup(key: str) -> Optional[str]:
+    """The value of `key` in the rendezvous store, or None (unset, or no reachable store)."""
+    store = _connect()
+    try:
+        if store is None or not store.check([key]):
+            return None
+        raw = store.get(key)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _connect():
     """A client connection to the rendezvous store, or None (no group environment, or unreachable)."""
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")

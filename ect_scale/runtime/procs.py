@@ -10,6 +10,11 @@ handles. `exit_with_parent()` makes the calling process exit as soon as its pare
   * everywhere: a daemon thread polls `os.getppid()` and exits once this process has been re-parented.
 
 The resource tracker needs nothing: it exits by itself once the last process holding its pipe is gone.
+
+Ranks of the `deepspeed` launcher also watch their grandparent (`grandparent=True`): `deepspeed` starts
+`deepspeed.launcher.launch`, which starts the ranks, and on one node nothing forwards the launcher's death (SIGTERM
+or SIGKILL of the `deepspeed` PID) to `launch`, so everything trained on. A rank exits once its parent has been
+re-parented, i.e. the launcher is gone; `launch` then sees a rank fail and ends the others.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -38,26 +43,57 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def exit_with_parent(pdeathsig: bool = True, interval_s: float = 0.5) -> None:
-    """Exit (code 1, no clean-up) as soon as the parent process dies; see the module docstring."""
+def exit_with_parent(
+    pdeathsig: bool = True,
+    interval_s: float = 0.5,
+    grandparent: bool = False,
+    note: Optional[Callable[[str], None]] = None,
+) -> None:
+    """Exit (code 1, no clean-up) as soon as the parent process dies, or with `grandparent` as soon as the parent's
+    parent does (the parent is re-parented); `note(what)` runs first. See the module docstring."""
     parent = os.getppid()
+    grand = parent_of(parent) if grandparent else None
     if pdeathsig:
         set_parent_death_signal()
     if os.getppid() != parent:  # The parent died before the signal was armed.
         os._exit(1)
-    threading.Thread(target=_watch, args=(parent, interval_s), name="ect-parent-watch", daemon=True).start()
+    args = (parent, grand, interval_s, note)
+    threading.Thread(target=_watch, args=args, name="ect-parent-watch", daemon=True).start()
 
 
-def _watch(parent: int, interval_s: float) -> None:
+def parent_of(pid: int) -> Optional[int]:
+    """The parent PID of process `pid` (Linux /proc), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _watch(parent: int, grand: Optional[int], interval_s: float, note: Optional[Callable[[str], None]]) -> None:
     while True:
         time.sleep(interval_s)
         if os.getppid() != parent:
+            what = f"its parent process {parent} is gone"
+        elif grand is not None and parent_of(parent) not in (grand, None):
+            what = f"its launcher (process {grand}, the parent of {parent}) is gone"
+        else:
+            continue
+        try:
+            if note is not None:
+                note(what)
+        finally:
             os._exit(1)
 
 
 def started_by_launcher() -> bool:
     """Whether this process is a rank started by the deepspeed launcher or torchrun (which set these variables)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "CROSS_RANK" in os.environ
+
+
+def started_by_deepspeed() -> bool:
+    """Whether this process is a rank started by `deepspeed.launcher.launch` (the `deepspeed` command)."""
+    return "CROSS_RANK" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ
 
 
 # A process still alive this long after its work ended prints every thread's stack; 0 turns it off (the tests do:

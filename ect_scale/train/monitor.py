@@ -237,6 +237,9 @@ def status_line(
     ]
     if "Data/corrupt_shards_skipped" in s:
         fields.append(f"bad-shards {int(s['Data/corrupt_shards_skipped']):<3d}")
+    lost = max(s.get("Data/outage_sec", 0.0), s.get("Checkpoint/outage_sec", 0.0))
+    if lost:  # Time the store was out for data reads or for checkpoint I/O (often the same outage), any rank's most.
+        fields.append(f"outage {duration(lost)}")
     fields.append(f"eta {'-' if eta_sec is None else duration(eta_sec)}")
     return "  ".join(fields)
 

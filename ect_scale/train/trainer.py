@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import torch
 
 from ect_scale.checkpoint import Checkpointer, RunSpec
+from ect_scale.checkpoint.collective import on_main
 from ect_scale.config import Config, dump_config
 from ect_scale.ect import build_objective, learning_rate, nominal_ratio, stage_at, step_generator
 from ect_scale.engine.ema import EMATracker
@@ -31,9 +32,12 @@ from ect_scale.networks.flops import model_stats
 from ect_scale.networks.netfile import check_compatible, load_network_file
 from ect_scale.precision.control import PrecisionControl
 from ect_scale.precision.modes import LossScaler
-from ect_scale.runtime import dist
+from ect_scale.runtime import dist, entry
+from ect_scale.runtime.errors import UserError
 from ect_scale.runtime.intervals import Interval
 from ect_scale.runtime.procs import arm_exit_watchdog
+from ect_scale.runtime.rundir import RunFolder
+from ect_scale.runtime.watchdog import Watchdog
 from ect_scale.train.compile_cache import setup_compile_cache
 from ect_scale.train.compute import ComputeMeter, flops_per_image, init_compute, peak_flops
 from ect_scale.train.monitor import Monitor, StepStats
@@ -98,7 +102,8 @@ class Trainer:
         self.device = dist.device()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.run_dir = cfg.run_dir
-        self._setup_run_dir()
+        self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank, os.path.join(self.run_dir, "logs"))
+        self.folder = self._own_run_dir()  # Before anything is written to the run folder.
         self.monitor = Monitor(
             self.run_dir, cfg.logging, cfg.train.total_nimg, ect_stages=cfg.ect.objective != "diffusion"
         )
@@ -140,6 +145,7 @@ class Trainer:
         self._probe_batch: Optional[tuple] = None  # A micro-batch kept for precision measurements.
         self._install_signal_handlers()
         resumed = self.checkpointer.resume(self) if self.checkpointer is not None else False
+        self._record_config()  # Every check has passed (folder, data, init file, checkpoint compatibility).
         self.session_start_nimg = self.state.nimg
         self.monitor.start(self.state.nimg)
         self.monitor.config_table(
@@ -156,11 +162,46 @@ class Trainer:
         self._data_iter: Iterator = iter(self.stream)
 
     # ------------------------------------------------------------------ setup
-    def _setup_run_dir(self) -> None:
+    def _own_run_dir(self) -> RunFolder:
+        """Rank 0 locks the run folder (and a checkpoint.dir outside it); another live run's lock stops every rank
+        with one line naming it. `DONE` is removed until this start finishes (runtime/rundir.py)."""
+        ckpt = self.cfg.checkpoint
+        separate = ckpt.enabled and ckpt.dir and os.path.abspath(ckpt.dir) != os.path.abspath(self.run_dir)
+        fs = None
+        if separate and ckpt.dir.startswith(("s3://", "s3a://")):
+            from ect_scale.data.storage import StorageOptions, filesystem
+
+            fs = filesystem(ckpt.dir, StorageOptions().resolved())[0]
+        folder = RunFolder(self.run_dir, ckpt.dir if separate else None, on_lost=self._folder_lost, checkpoint_fs=fs)
+
+        def acquire() -> list[str]:
+            notes = folder.acquire()
+            folder.clear_done()
+            return notes
+
+        for note in on_main(acquire):
+            dist.print0(note)
+        return folder
+
+    @staticmethod
+    def _folder_lost(message: str) -> None:
+        """Another run took this run's folder over (this one could not renew its lock): stop at once, saving
+        nothing there."""
+        entry.abort(UserError(f"{message}; stopped without saving", "make sure only one run uses the folder"), 2)
+
+    def _record_config(self) -> None:
+        """config.yaml and configs/config-<start time>.yaml (rank 0), once nothing can refuse this start."""
         if dist.is_main():
-            os.makedirs(self.run_dir, exist_ok=True)
-            dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+            self.folder.record_config(dump_config(self.cfg))
         dist.barrier()
+
+    def _mark_done(self) -> None:
+        """`<run_dir>/DONE` (rank 0) once the run has reached its end with the final checkpoint complete."""
+        if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
+            return
+        if dist.is_main():
+            latest = self.checkpointer.latest_complete if self.checkpointer is not None else None
+            self.folder.mark_done({"nimg": self.state.nimg, "checkpoint": latest})
 
     def _build_stream(self):
         from ect_scale.data import build_train_stream
@@ -194,6 +235,7 @@ class Trainer:
         total = cfg.train.total_nimg
         slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
         t_start = session_start = last_status = time.time()
+        self.watchdog.start()  # Hangs from here on: data, step, status, export, eval, checkpoint.
         try:
             while self.state.nimg < total:
                 before = self.state.nimg
@@ -204,14 +246,18 @@ class Trainer:
                 self.state.device_sec += (now - t_start) * self.world_size
                 t_start = now
                 if self.status_every.due(before, after) or after >= total:
+                    self.watchdog.at("status")
                     self.report(time.time() - last_status)
                     last_status = time.time()
                 if self.outputs.every.due(before, after):
+                    self.watchdog.at("export")
                     self.outputs.export(after)
                 if self.outputs.evaluator_every.due(before, after):
+                    self.watchdog.at("eval")
                     self.outputs.evaluate(after, {**self.compute_record().scalars(), **self.init_compute})
                 stop = self.stop_all or (slice_end is not None and slice_end <= after < total)
                 if self.checkpointer is not None and (stop or self.checkpointer.every.due(before, after)):
+                    self.watchdog.at("checkpoint")
                     self.save_checkpoint()
                 if stop:
                     self.monitor.print(
@@ -220,12 +266,16 @@ class Trainer:
                     )
                     break
             else:
+                self.watchdog.at("checkpoint")
                 if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
                     self.save_checkpoint()
                 if self.outputs.exported_at != self.state.nimg:  # Not yet exported here.
                     self.outputs.export(self.state.nimg)
+                self._mark_done()
             self.monitor.print(*run_summary(self, time.time() - session_start))
         finally:
+            self.watchdog.stop()
+            self.folder.release()
             arm_exit_watchdog()  # A shutdown that hangs (data workers, TensorBoard, ...) shows its stacks.
             self.monitor.close()
             self.stream.close()
@@ -247,6 +297,7 @@ class Trainer:
         cfg, eng = self.cfg, self.engine
         nimg = self.state.nimg
         lr = learning_rate(nimg, cfg.optim.lr, cfg.optim.decay_nimg, cfg.optim.rampup_nimg)
+        self.watchdog.at("step")
         self.precision.before_step(nimg, self._probe)
         t0 = time.time()
         if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
@@ -255,7 +306,9 @@ class Trainer:
         result = None
         for rnd in range(eng.rounds):
             t_data = time.time()
+            self.watchdog.at("data")
             raw, labels = next(self._data_iter)  # Already on the device (DevicePrefetcher).
+            self.watchdog.at("step")
             self.stats.data_sec += time.time() - t_data
             gen = step_generator(cfg.train.seed, self.rank, nimg, self.device, stream=rnd)
             t_gen = step_generator(cfg.train.seed, self.rank, nimg, "cpu", stream=1_000_000 + rnd)
@@ -345,10 +398,13 @@ class Trainer:
         if self.device.type == "cuda":
             peak = torch.tensor([torch.cuda.max_memory_allocated(self.device) / 2**30], device=self.device)
             scalars["Resources/peak_gpu_mem_gb"] = float(dist.all_reduce_(peak, "max"))
-        counters = self.stream.counters()  # Per rank: sum over ranks.
-        if counters:
-            totals = dist.all_reduce_(torch.tensor([float(v) for v in counters.values()], device=self.device))
-            scalars.update({f"Data/{k}": float(v) for k, v in zip(counters, totals.tolist())})
+        counters = {f"Data/{k}": float(v) for k, v in self.stream.counters().items()}  # Per rank.
+        if self.checkpointer is not None:
+            counters["Checkpoint/outage_sec"] = self.checkpointer.dest.clock.lost_sec()
+        if counters:  # Counts add up over ranks; outage seconds are the most any rank lost.
+            values = torch.tensor(list(counters.values()), device=self.device)
+            total, most = dist.all_reduce_(values.clone()), dist.all_reduce_(values.clone(), "max")
+            scalars.update({k: float((most if k.endswith("_sec") else total)[i]) for i, k in enumerate(counters)})
         self.monitor.log(nimg, scalars)
         self.last_scalars = scalars
         s.reset()

@@ -1,6 +1,6 @@
 """Checkpoints on object storage (a real S3 server on loopback, 2 CPU ranks): files are staged locally and
-uploaded by the rank that wrote them, COMPLETE goes last; a save whose upload fails on one rank (connection
-refused) leaves the previous checkpoint the latest; a folder without a marker (a crash mid-upload) is ignored;
+uploaded by the rank that wrote them, COMPLETE goes last; a save whose upload fails on one rank (access
+denied) leaves the previous checkpoint the latest; a folder without a marker (a crash mid-upload) is ignored;
 resume downloads, verifies and restores exactly."""
 
 import pytest
@@ -31,9 +31,12 @@ def _trainer(rank, run_dir, dest, staging, **extra):
 
 
 def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
-    """On `rank`, point the destination at a closed port while the save at `nimg` uploads. Also record what every
-    save wrote (snapshots, collective)."""
+    """On `rank`, point the destination at a store that rejects the credentials (403; a refused connection would be
+    an outage, ridden out: tests/runtime/test_store_outages.py) while the save at `nimg` uploads. Also record what
+    every save wrote (snapshots, collective)."""
     import s3fs
+
+    from tests.runtime.store_proxy import StoreProxy
 
     real_save, dest = trainer.checkpointer.save, trainer.checkpointer.dest
 
@@ -41,16 +44,18 @@ def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
         snaps[t.state.nimg] = snapshot(t)
         if t.state.nimg != nimg or t.rank != rank:
             return real_save(t)
-        good = dest.fs
+        good, proxy = dest.fs, StoreProxy(f"http://127.0.0.1:{free_port()}")
+        proxy.set_mode("403")
         dest.fs = s3fs.S3FileSystem(
             skip_instance_cache=True,
-            endpoint_url=f"http://127.0.0.1:{free_port()}",
+            endpoint_url=proxy.endpoint,
             config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
         )
         try:
             return real_save(t)
         finally:
             dest.fs = good
+            proxy.close()
 
     trainer.checkpointer.save = save
 
@@ -114,9 +119,9 @@ def test_failed_upload_keeps_previous_checkpoint(result):
         assert [rep["ok"] for rep in r["reports"]] == [True, True, False]
         failed = r["reports"][2]
         assert list(failed["errors"]) == [1] and "uploading" in failed["errors"][1]
-        assert "Could not connect" in failed["errors"][1]
+        assert "Access Denied" in failed["errors"][1]
         assert r["latest"] == "ckpt-000000000016"
-        assert r["listing"] == ["ckpt-000000000008", "ckpt-000000000016", "ckpt-000000000032", "latest"]
+        assert r["listing"] == ["LOCK", "ckpt-000000000008", "ckpt-000000000016", "ckpt-000000000032", "latest"]
 
 
 def test_resume_from_object_storage_is_exact(result):
@@ -132,6 +137,7 @@ def test_resume_from_object_storage_is_exact(result):
     assert saved["stream"] == r["resumed"]["stream"]
     assert [rep["ok"] for rep in r["final_reports"]] == [True, True, True]
     assert r["final"] == [
+        "LOCK",  # The run folder's lock record (ect_scale/runtime/lock.py).
         "ckpt-000000000008",
         "ckpt-000000000016",
         "ckpt-000000000024",

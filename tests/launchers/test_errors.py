@@ -76,6 +76,9 @@ def test_incompatible_checkpoint(tmp_path):
         proc, f"error: {tmp_path}/run/checkpoints/ckpt-000000000064 was written with a different configuration"
     )
     assert "optim.lr: 0.01 (checkpoint) -> 0.02 (now). Fix: resume with the checkpoint's values" in line
+    # The refused start changed no record of the run: config.yaml still holds the values the error points to.
+    assert "lr: 0.01" in (tmp_path / "run" / "config.yaml").read_text()
+    assert len(os.listdir(tmp_path / "run" / "configs")) == 1
 
 
 @pytest.mark.slow  # ~10 s of launcher subprocesses.

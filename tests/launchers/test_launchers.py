@@ -70,6 +70,7 @@ def _check_run(run_dir, ranks):
     assert os.path.isdir(os.path.join(run_dir, "checkpoints"))
     log = open(os.path.join(run_dir, "config.yaml")).read()
     assert "demo-digits8" in log
+    assert json.load(open(os.path.join(run_dir, "DONE")))["nimg"] == 128  # The run reached its end.
 
 
 def _run(cmd, timeout=240):

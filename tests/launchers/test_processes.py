@@ -1,6 +1,9 @@
 """Processes of a run end with it, and runs do not collide: a 2-rank `deepspeed` run on shards with DataLoader workers
-is killed with SIGKILL (its ranks, or its launcher) and no process of it may survive 10 s; two single-process runs
-started at once on one machine both finish (each binds its own free port)."""
+is killed (its ranks or its launch process with SIGKILL, or the `deepspeed` command with a plain `kill`) and no
+process of it may survive 10 s; a second run started in the folder of a live one is refused with one line naming it
+and changes nothing there; when the launch process is SIGKILLed, `deepspeed` exits 0 (a DeepSpeed bug) but the run
+has no DONE marker, which `launchers/require_done.sh` turns into a failure; two single-process runs started at once
+on one machine both finish (each binds its own free port)."""
 
 import os
 import signal
@@ -11,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.distributed import free_port
-from tests.launchers.common import BIN, ENV, SYNTHETIC, TEACHER, make_digits
+from tests.launchers.common import BIN, ENV, SYNTHETIC, TEACHER, assert_one_line_error, make_digits, run
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +45,15 @@ def _tree(root: int) -> dict[int, str]:
         found |= more
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> str:
+    return make_digits(str(tmp_path_factory.mktemp("digits")))
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-@pytest.mark.parametrize("victim", ["ranks", "launcher"])
-def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
-    manifest = make_digits(str(tmp_path / "digits"))
+@pytest.mark.parametrize("victim", ["ranks", "launcher", "deepspeed"])
+def test_nothing_outlives_a_killed_run(tmp_path, victim, digits):
+    manifest = digits
     cmd = (
         [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
         + TEACHER[1:]
@@ -70,17 +78,32 @@ def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
         pids = _tree(runner.pid)
         assert sum("multiprocessing.forkserver" in c for c in pids.values()) >= 2, pids
         assert sum("resource_tracker" in c for c in pids.values()) >= 2, pids
+        if victim == "deepspeed":
+            rank0 = next(pid for pid, c in pids.items() if "launchers/train.py" in c and "--local_rank=0" in c)
+            _second_run_is_refused(tmp_path / "run", rank0)
         if victim == "ranks":
             targets = [pid for pid, c in pids.items() if "launchers/train.py" in c and "--local_rank" in c]
-        else:
+        elif victim == "launcher":
             targets = [pid for pid, c in pids.items() if "deepspeed.launcher.launch" in c]
+        else:
+            targets = [runner.pid]
         assert len(targets) == (2 if victim == "ranks" else 1), pids
         for pid in targets:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM if victim == "deepspeed" else signal.SIGKILL)
         time.sleep(10)
         alive = _table()
         survivors = {pid: c for pid, c in pids.items() if pid in alive and alive[pid][1] == c and pid != runner.pid}
         assert survivors == {}, survivors
+        if victim == "launcher":
+            assert runner.wait(timeout=30) == 0  # DeepSpeed's bug: a killed launch process is a success to it ...
+            assert not os.path.exists(tmp_path / "run" / "DONE")  # ... but the run never finished:
+            check = subprocess.run(
+                ["bash", "-c", f"source launchers/require_done.sh && require_done {tmp_path}/run"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
+            assert check.returncode == 1 and check.stderr.startswith(f"error: the training run in {tmp_path}/run did")
     finally:
         for pid in [runner.pid, *pids]:
             try:
@@ -88,6 +111,16 @@ def test_nothing_outlives_a_sigkilled_run(tmp_path, victim):
             except OSError:
                 pass
         runner.wait(timeout=30)
+
+
+def _second_run_is_refused(run_dir, holder: int) -> None:
+    """Another run started in a live run's folder stops with one line naming the holder, and changes nothing."""
+    config = (run_dir / "config.yaml").read_text()
+    proc = run(TEACHER + SYNTHETIC + [f"--run_dir={run_dir}"])
+    line = assert_one_line_error(proc, f"error: {run_dir} is in use by another run (host ")
+    assert f", pid {holder}, started " in line and "Fix: wait for that run to end or stop it" in line
+    assert (run_dir / "config.yaml").read_text() == config and len(os.listdir(run_dir / "configs")) == 1
+    assert not (run_dir / "logs").exists() and "(full log:" not in proc.stderr  # Nothing written there.
 
 
 def test_two_single_process_runs_at_once_both_finish(tmp_path):
