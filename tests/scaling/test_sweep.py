@@ -112,7 +112,7 @@ def test_tool_prints_one_line_and_exits_2(sweep_file, tmp_path, capsys):
     broken.write_text("recipe: [unclosed\n")
     assert tool.main([str(broken)]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
-    assert line.startswith(f"error: {broken}: not valid YAML") and "line 1" in line
+    assert line.startswith(f"error: {broken}: not valid YAML at line 2, column 1")  # where the parser gave up
     # A size whose teacher file is missing stops `run` before anything trains, naming the fix.
     assert tool.main([sweep_file, "run"]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
