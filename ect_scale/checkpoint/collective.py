@@ -1,24 +1,63 @@
-"""Small collectives for checkpointing (all ranks call them; safe without a process group)."""
+"""Small collectives for checkpointing (all ranks call them; safe without a process group).
+
+`group` is None for the training process group, or the background writer's own gloo group (`writer_group`), whose
+collectives run in the writer thread while training uses the default group.
+"""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Callable, Optional
 
 import torch.distributed as tdist
 
 from ect_scale.runtime import dist
 
+# A background save waits in its group's collectives for the slowest rank's writes and uploads (a store outage
+# included), so its timeout is generous; the training group keeps its own.
+WRITER_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
-def all_gather_object(obj: Any) -> list[Any]:
+
+def _active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def writer_group() -> Optional[Any]:
+    """A new gloo group over all ranks for the background writer (collective: every rank calls it once)."""
+    if not _active():
+        return None
+    return tdist.new_group(backend="gloo", timeout=WRITER_GROUP_TIMEOUT)
+
+
+def barrier(group: Optional[Any] = None) -> None:
+    if _active():
+        if group is None:
+            dist.barrier()
+        else:
+            tdist.barrier(group=group)
+
+
+def all_gather_object(obj: Any, group: Optional[Any] = None) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not _active():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    tdist.all_gather_object(out, obj)
+    tdist.all_gather_object(out, obj, group=group)
     return out
 
 
-def on_main(fn: Callable[[], Any]) -> Any:
+def broadcast_object(obj: Any, group: Optional[Any] = None) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not _active():
+        return obj
+    if group is None:
+        return dist.broadcast_object(obj)
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def on_main(fn: Callable[[], Any], group: Optional[Any] = None) -> Any:
     """Run `fn` on rank 0 and give its result (or its exception, re-raised) to every rank."""
     result: Optional[Any] = None
     error: Optional[BaseException] = None
@@ -27,7 +66,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
             result = fn()
         except Exception as e:  # noqa: BLE001 - re-raised on every rank below
             error = e
-    result, error = dist.broadcast_object((result, error))
+    result, error = broadcast_object((result, error), group)
     if error is not None:
         raise error
     return result

@@ -2,10 +2,14 @@
 
 Facts this relies on (deepspeed 0.19.8, `runtime/engine.py`):
   * `save_checkpoint` is collective (a barrier at the start and the end, a tag-hash all-reduce); every file goes
-    through `engine.checkpoint_engine.save` except the recovery scripts (`_copy_recovery_script`, rank 0).
-    A write that raises on one rank would leave the others blocked in the final barrier, so the writer is wrapped
-    for the duration of the save: the first failure is recorded, later writes are skipped, the barriers still
-    run, and the ranks agree on the outcome afterwards (`Checkpointer.save`).
+    through `engine.checkpoint_engine.save` (and folders through its `makedirs`) except the recovery script
+    (`_copy_recovery_script`, rank 0), and with `save_latest=False` nothing else touches the filesystem. DeepSpeed
+    has no asynchronous save of its own (deepspeedai/DeepSpeed#5721; its "decoupled" engine hands the live state
+    dicts to a writer process and waits for it before the next optimizer step). So the engine is replaced for the
+    duration of the save by one that captures each state dict (staged to host memory) as a file to write later
+    (`capture_deepspeed`); the files are those `torch.save` would have written, loadable by `load_checkpoint`
+    and `ds_to_universal` as before. A capture that fails on one rank is recorded, the barriers still run, and
+    the ranks agree on the outcome afterwards.
   * ZeRO-1/2 keep `client_state` only in rank 0's `mp_rank_00_model_states.pt`; ZeRO-3 writes it on every rank.
   * `universal_checkpoint_info` must be in the client state for `ds_to_universal` (deepspeed
   `checkpoint/ds_to_universal.py`), and
@@ -23,76 +27,66 @@ import contextlib
 import io
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable
 
+from ect_scale.checkpoint.files import FileWrite, WriteLog
 from ect_scale.checkpoint.layout import DS_TAG, CheckpointError
 
 UNIVERSAL_INFO = "universal_checkpoint_info"
 
 
-@dataclass
-class WriteLog:
-    """Files one rank wrote during a save, and the first error it met."""
+class _CapturingWriter:
+    """Stands in for DeepSpeed's checkpoint engine during a save: each state dict DeepSpeed would write is staged
+    (copied to host memory, or passed through for a synchronous save) and recorded as a file to write later;
+    nothing touches the filesystem. The first failure is recorded and later files are skipped; DeepSpeed's
+    collectives still run, so the ranks stay in step."""
 
-    paths: list[str] = field(default_factory=list)
-    error: Optional[str] = None
-
-    def fail(self, what: str, e: BaseException) -> None:
-        if self.error is None:
-            self.error = f"{what}: {type(e).__name__}: {e}"
-
-
-class _GuardedWriter:
-    """Wraps DeepSpeed's checkpoint engine: records written paths, turns the first failed write into a record."""
-
-    def __init__(self, inner, log: WriteLog):
-        self._inner, self._log = inner, log
+    def __init__(self, inner, root: str, stage: Callable[[Any], Any], log: WriteLog, writes: list[FileWrite]):
+        self._inner, self._root, self._stage, self._log, self._writes = inner, root, stage, log, writes
+        self._zipfile = bool(getattr(inner, "zipfile_serialization", True))
 
     def save(self, state_dict, path: str):
         if self._log.error is not None:
             return None
         try:
-            self._inner.save(state_dict, path)
-            self._log.paths.append(path)
-        except Exception as e:  # noqa: BLE001 - any write failure (ENOSPC, EFBIG, EIO) is reported collectively
-            self._log.fail(f"writing {path}", e)
-            with contextlib.suppress(OSError):
-                os.remove(path)
+            self._writes.append(FileWrite(self.rel(path), "torch", self._stage(state_dict), self._zipfile))
+        except Exception as e:  # noqa: BLE001 - reported collectively, like a failed write
+            self._log.fail(f"copying the state for {path}", e)
         return None
 
     def makedirs(self, path, exist_ok=False):
-        try:
-            return self._inner.makedirs(path, exist_ok=exist_ok)
-        except Exception as e:  # noqa: BLE001
-            self._log.fail(f"creating {path}", e)
+        return None  # The writer creates folders as it writes.
+
+    def preserves_storage_sharing(self) -> bool:
+        return False  # No clone_tensors_for_torch_save: the stager keeps sharing and copies to the host itself.
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self._root).replace(os.sep, "/")
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
 
-def save_deepspeed(ds_engine, save_dir: str, client_state: dict, log: WriteLog) -> None:
-    """`ds_engine.save_checkpoint(save_dir, tag="ds")` on every rank; never raises for a failed write. Written
-    paths and the first error go to `log`; with an error already in `log` nothing is written (but DeepSpeed's
-    collectives still run, so the ranks stay in step)."""
+def capture_deepspeed(
+    ds_engine, save_dir: str, client_state: dict, stage: Callable[[Any], Any], log: WriteLog
+) -> list[FileWrite]:
+    """`ds_engine.save_checkpoint(save_dir, tag="ds")` on every rank (collective: DeepSpeed's barriers and tag
+    check), with every file captured instead of written: returns this rank's files (paths relative to
+    `save_dir`), their state dicts passed through `stage`. Never raises for a failed capture (see `log`)."""
     inner = ds_engine.checkpoint_engine
-    copy_scripts = ds_engine._copy_recovery_script
+    writes: list[FileWrite] = []
+    capture = _CapturingWriter(inner, save_dir, stage, log, writes)
 
-    def guarded_copy(save_path: str) -> None:
-        if log.error is not None:
-            return
-        try:
-            copy_scripts(save_path)
-            log.paths += [
-                p
-                for p in (os.path.join(save_path, s) for s in ("zero_to_fp32.py", "zero_to_torch.py"))
-                if os.path.isfile(p)
-            ]
-        except Exception as e:  # noqa: BLE001
-            log.fail(f"copying DeepSpeed's recovery scripts to {save_path}", e)
+    def copy_scripts(save_path: str) -> None:  # DeepSpeed's _copy_recovery_script (rank 0), deferred.
+        import deepspeed.utils
 
-    ds_engine.checkpoint_engine = _GuardedWriter(inner, log)
-    ds_engine._copy_recovery_script = guarded_copy  # Instance attribute shadows the method for this save only.
+        for script in ("zero_to_fp32.py", "zero_to_torch.py"):
+            src = os.path.join(os.path.dirname(deepspeed.utils.__file__), script)
+            if os.path.isfile(src):
+                writes.append(FileWrite(capture.rel(os.path.join(save_path, script)), "copy", src))
+
+    ds_engine.checkpoint_engine = capture
+    ds_engine._copy_recovery_script = copy_scripts  # Instance attribute shadows the method for this save only.
     try:
         ds_engine.save_checkpoint(
             save_dir, tag=DS_TAG, client_state={UNIVERSAL_INFO: {}, **client_state}, save_latest=False
@@ -100,6 +94,7 @@ def save_deepspeed(ds_engine, save_dir: str, client_state: dict, log: WriteLog) 
     finally:
         ds_engine.checkpoint_engine = inner
         del ds_engine._copy_recovery_script
+    return writes
 
 
 def load_deepspeed(ds_engine, load_dir: str, tag: str, universal: bool) -> dict:

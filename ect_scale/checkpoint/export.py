@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ect_scale.checkpoint.layout import MARKER, TRAINER_FILE, CheckpointError, Marker, rank_file
+from ect_scale.checkpoint.resume import nonfinite_tensor
 from ect_scale.checkpoint.shards import network_state, open_rank_files
 from ect_scale.checkpoint.storage import Destination, crc32_file
 from ect_scale.config import NetworkConfig, from_dict
@@ -71,6 +72,7 @@ def _fetch(ref: CheckpointRef, marker: Marker, workdir: str) -> str:
             or not os.path.isfile(path)
             or os.path.getsize(path) != rec.size
             or (rec.crc32 is not None and crc32_file(path) != rec.crc32)
+            or (rec.crc32 is None and nonfinite_tensor(path) is not None)  # Written without checksums.
         ):
             raise CheckpointError(
                 f"{ref.display()}/{rank_file(r)} is missing or damaged (size/CRC32 differ from "

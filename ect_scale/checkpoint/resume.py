@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
+
 from ect_scale.checkpoint.collective import all_gather_object, on_main, on_node_leader
 from ect_scale.checkpoint.ds_io import convert_to_universal
 from ect_scale.checkpoint.layout import (
@@ -23,6 +25,7 @@ from ect_scale.checkpoint.layout import (
     RunSpec,
     config_diff,
 )
+from ect_scale.checkpoint.shards import RankFile
 from ect_scale.checkpoint.storage import Destination, crc32_file
 from ect_scale.config import CheckpointConfig
 from ect_scale.runtime import dist
@@ -87,8 +90,10 @@ def needs_universal(meta: dict, spec: RunSpec, world_size: int) -> bool:
     )
 
 
-def verify_files(folder: str, marker: Marker, checksum: bool) -> list[str]:
-    """Check sizes (and CRC32) of the marker's files in a local folder; the work is split over ranks."""
+def verify_files(folder: str, marker: Marker) -> list[str]:
+    """Check sizes and CRC32s of the marker's files in a local folder; the work is split over ranks. A file the
+    marker lists without a CRC32 (written by an older version with `checkpoint.checksum: false`) cannot be
+    verified: its tensors must at least all be finite."""
     rank, world = dist.get_rank(), dist.get_world_size()
     problems = []
     for i, (rel, rec) in enumerate(sorted(marker.files.items())):
@@ -99,9 +104,41 @@ def verify_files(folder: str, marker: Marker, checksum: bool) -> list[str]:
             problems.append(f"{rel} is missing")
         elif os.path.getsize(path) != rec.size:
             problems.append(f"{rel} has {os.path.getsize(path)} bytes, expected {rec.size} (truncated?)")
-        elif checksum and rec.crc32 is not None and crc32_file(path) != rec.crc32:
+        elif rec.crc32 is not None and crc32_file(path) != rec.crc32:
             problems.append(f"{rel} fails its CRC32 check (corrupted)")
+        elif rec.crc32 is None and (bad := nonfinite_tensor(path)) is not None:
+            problems.append(f"{rel} has no CRC32 and holds non-finite values in {bad} (corrupted)")
     return sorted(p for ps in all_gather_object(problems) for p in ps)
+
+
+def nonfinite_tensor(path: str) -> Optional[str]:
+    """The name of the first floating-point tensor with a NaN or an infinity in a checkpoint file (safetensors or
+    a torch pickle), or None. An unreadable file names itself."""
+    try:
+        if path.endswith(".safetensors"):
+            f = RankFile(path)
+            named = ((k, f.tensor(k)) for k in sorted(f.keys))
+        elif path.endswith(".pt"):
+            named = _tensors(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+        else:
+            return None
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return name
+    except Exception as e:  # noqa: BLE001 - damaged files raise anything
+        return f"the whole file (unreadable: {type(e).__name__})"
+    return None
+
+
+def _tensors(obj, prefix: str = ""):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def plan_resume(
@@ -126,17 +163,15 @@ def plan_resume(
         marker, meta, problem = on_main(lambda tag=tag: _read_head(dest, tag))
         if problem is None:
             check_config(meta, spec, dest.display(tag))
-            problem = _materialise_and_verify(ccfg, dest, tag, marker, staging)
+            problem = _materialise_and_verify(dest, tag, marker, staging, log)
         if problem is None:
             return _finish_plan(ccfg, spec, dest, tag, marker, meta, staging, log)
         skipped.append(f"{tag}: {problem}")
         log(f"WARNING: cannot resume from {dest.display(tag)}: {problem}. Falling back to the previous checkpoint")
     if skipped:
         raise CheckpointError(
-            f"no usable checkpoint in {dest.url}; every complete one failed verification:\n  "
-            + "\n  ".join(skipped)
-            + "\nFix: restore the damaged files, or move the checkpoints "
-            "aside to start over"
+            f"no usable checkpoint in {dest.url}; every complete one failed verification ({'; '.join(skipped)}). Fix: "
+            "restore the damaged files, or move the checkpoints aside to start over"
         )
     if tags:
         log(f"no complete checkpoint in {dest.url} (only interrupted saves); starting from scratch")
@@ -153,14 +188,20 @@ def local_copy(dest: Destination, staging: str, tag: str) -> str:
 
 
 def _materialise_and_verify(
-    ccfg: CheckpointConfig, dest: Destination, tag: str, marker: Marker, staging: str
+    dest: Destination, tag: str, marker: Marker, staging: str, log: Callable[[str], None]
 ) -> Optional[str]:
     folder = local_copy(dest, staging, tag)
     if not dest.is_local:
         errors = [e for e in on_node_leader(lambda: dest.download_tree(tag, folder)) if e]
         if errors:
             return f"download to {folder} failed ({errors[0]})"
-    problems = verify_files(folder, marker, ccfg.checksum)
+    unverifiable = sum(rec.crc32 is None for rec in marker.files.values())
+    if unverifiable:
+        log(
+            f"WARNING: {dest.display(tag)} was written without CRC32s (checkpoint.checksum: false); {unverifiable} "
+            "files cannot be verified, only checked for non-finite values"
+        )
+    problems = verify_files(folder, marker)
     if problems:
         return "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else "")
     return None

@@ -16,6 +16,7 @@ Because the table is stored, any set of rank files can be consolidated into full
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from typing import Any, Iterable, Optional
@@ -23,12 +24,10 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ect_scale.checkpoint.layout import CheckpointError, rank_file
 from ect_scale.checkpoint.parts import Checkpointable
 from ect_scale.engine.master import MasterWeights, storage_key
-from ect_scale.runtime.filemode import make_shareable
 
 FORMAT = "ect_scale-rank-state/1"
 
@@ -44,10 +43,6 @@ def fragment_table(master: MasterWeights) -> list[list]:
         offset = (f.view.data_ptr() - base.data_ptr()) // base.element_size()
         rows.append([f.name, i, int(offset), int(f.start), int(f.view.numel())])
     return rows
-
-
-def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).to("cpu", copy=True).contiguous()
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -73,18 +68,19 @@ def set_rng_state(tensors: dict[str, torch.Tensor], saved: dict) -> None:
     np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
 
 
-def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int) -> None:
-    """This rank's state (see the module docstring). Local path; raises OSError on a failed write."""
+def rank_state(parts: Checkpointable, rank: int, world_size: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This rank's trainer state (see the module docstring) as (live tensors, safetensors metadata). The tensors are
+    the training state itself, not copies: stage them (`staging.HostStager`) or write them before the next step."""
     master, ema = parts.engine.master, parts.ema
     # Without ZeRO every rank holds the same full tensors: rank 0 writes them, the others only their own state.
     shards = rank == 0 or master.zero_stage != 0
     flats = master.flats() if shards else []
-    tensors = {f"master.{i}": _cpu_copy(t) for i, t in enumerate(flats)}
+    tensors = {f"master.{i}": t.detach().reshape(-1) for i, t in enumerate(flats)}
     for profile, shadows in ema.shadows.items() if shards else ():
-        tensors.update({f"ema.{profile}.{i}": _cpu_copy(t) for i, t in enumerate(shadows)})
+        tensors.update({f"ema.{profile}.{i}": t.detach().reshape(-1) for i, t in enumerate(shadows)})
     if rank == 0:
         for name, b in parts.engine.module.named_buffers():
-            tensors[f"buffer.{name}"] = b.detach().to("cpu", copy=True).contiguous()
+            tensors[f"buffer.{name}"] = b.detach()
     rng_tensors, rng_json = rng_state()
     tensors.update(rng_tensors)
     state = {
@@ -106,8 +102,56 @@ def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int
             f"the data stream's state_dict() is not JSON-serialisable ({e}). Fix: return plain "
             "dicts/lists/numbers/strings from the stream's state_dict()"
         ) from None
-    save_file(tensors, path, metadata=meta)
-    make_shareable(path)  # safetensors creates it 0600.
+    return tensors, meta
+
+
+def write_rank_file(path: str, parts: Checkpointable, rank: int, world_size: int) -> None:
+    """This rank's state, written now (local path; raises OSError on a failed write)."""
+    write_safetensors(path, *rank_state(parts, rank, world_size))
+
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_CHUNK = 64 << 20
+
+
+def _raw_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B") if flat.numel() else memoryview(b"")
+
+
+def write_safetensors(path_or_file, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file (the format of huggingface/safetensors: 8-byte little-endian header length, a JSON header
+    of dtype / shape / data_offsets per tensor plus `__metadata__`, padded with spaces to 8 bytes, then the raw
+    little-endian data), streamed from host tensors in 64 MiB writes, which release the GIL, so a background writer
+    does not stall the training thread and no second copy of the data is made. Takes a path or a binary file."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise CheckpointError(f"cannot write {name} of dtype {t.dtype} to a safetensors file")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-(8 + len(head)) % 8)
+    with open(path_or_file, "wb") if isinstance(path_or_file, str) else contextlib.nullcontext(path_or_file) as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for t in tensors.values():
+            data = _raw_bytes(t)
+            for i in range(0, len(data), _CHUNK):
+                f.write(data[i : i + _CHUNK])
 
 
 class RankFile:

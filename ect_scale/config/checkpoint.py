@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from ect_scale.config.base import check
 
@@ -16,17 +16,31 @@ class CheckpointConfig:
     keep_last: int = 3  # Keep the newest K complete checkpoints ...
     keep_every_nimg: int = 0  # ... plus the first one after every multiple of N images, forever (0 = none).
     resume: bool = True  # Re-running the same command resumes from the latest complete checkpoint.
-    checksum: bool = True  # CRC32 of every file in the COMPLETE marker, verified before resuming.
+    checksum: bool = True  # CRC32 of every file in the COMPLETE marker, verified before resuming (cannot be off).
+    # Block training only to copy the state to host memory, write and commit in the background. auto = on when
+    # training on GPUs; off on CPUs, where the writer would take cores from training (docs/checkpoints.md).
+    async_save: Union[bool, Literal["auto"]] = "auto"
     staging_dir: Optional[str] = None  # Node-local scratch (object-store transfers, universal conversion); $TMPDIR.
     convert_workers: int = 4  # Processes for DeepSpeed's ds_to_universal (resume at another world size).
     max_consecutive_failures: int = 3  # Stop training after this many failed saves in a row (the last good stays).
     outage_window_s: float = 600.0  # Object storage: ride out an outage this long during save/resume, then stop.
+
+    def use_async(self, device_type: str) -> bool:
+        """Whether saves are asynchronous on this device type ("cuda" / "cpu")."""
+        return self.async_save if isinstance(self.async_save, bool) else device_type == "cuda"
 
     def validate(self, path: str = "checkpoint") -> None:
         p = path or "checkpoint"
         check(self.interval_nimg > 0, f"{p}.interval_nimg", "must be > 0", "use e.g. 2M")
         check(self.keep_last >= 1, f"{p}.keep_last", "must be >= 1", "keep at least the latest checkpoint")
         check(self.keep_every_nimg >= 0, f"{p}.keep_every_nimg", "must be >= 0", "use 0 to disable")
+        check(
+            self.checksum,
+            f"{p}.checksum",
+            "cannot be false: without CRC32s a damaged file would be resumed from as weights (a flipped byte in an EMA "
+            "shard gave non-finite exported networks); the background writer computes them off the training path",
+            f"remove {p}.checksum from the config (resuming verifies each file at under 1 s per GB and rank)",
+        )
         check(self.convert_workers >= 1, f"{p}.convert_workers", "must be >= 1", "use 1-8")
         check(
             self.max_consecutive_failures >= 1,

@@ -2,12 +2,14 @@
 in-loop evaluation (FID / FD of each EMA at 1 and 2 steps). Every public method is collective.
 
     outputs = EMAOutputs(cfg, run_dir, ema, engine, encoder, monitor, compute_record)
+    outputs.after_resume(nimg, batch_size)          # exports a kill prevented, from the restored EMAs
     if outputs.every.due(before, after): outputs.export(nimg)
     if outputs.evaluator_every.due(before, after): outputs.evaluate(nimg)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Optional
@@ -59,10 +61,9 @@ class EMAOutputs:
         sample grids of the last profile (rank 0)."""
         paths = []
         self.exported_at = nimg
-        kimg = nimg // 1000
         for i, profile in enumerate(self.ema.profiles):
             state = self.ema_state(profile)
-            path = os.path.join(self.run_dir, "ema", f"ema-{kimg:07d}-{profile}.safetensors")
+            path = self.path(nimg, profile)
             if dist.is_main():
                 meta = {
                     "source": "ect_scale",
@@ -79,6 +80,40 @@ class EMAOutputs:
             paths.append(path)
         dist.barrier()
         return paths
+
+    def path(self, nimg: int, profile: str) -> str:
+        return os.path.join(self.run_dir, "ema", f"ema-{nimg // 1000:07d}-{profile}.safetensors")
+
+    def after_resume(self, nimg: int, batch_size: int) -> list[str]:
+        """After resuming at `nimg` (collective): write the exports due at `nimg` that the interrupted run did not
+        write, e.g. after a kill between a checkpoint's commit and its export with `ema.export_nimg: 0`. The EMAs
+        and counters were restored bit for bit, so the files equal an uninterrupted run's."""
+        due = self.every.nimg == 0 or self.every.due(nimg - batch_size, nimg)  # 0: every checkpoint had one.
+        if nimg <= 0 or not due:
+            return []
+        missing = dist.broadcast_object(self.missing(nimg) if dist.is_main() else None)
+        if not missing:
+            self.exported_at = nimg
+            return []
+        self.monitor.print(
+            f"ema: writing the exports at {nimg:,} images that the interrupted run did not write ({', '.join(missing)})"
+        )
+        return self.export(nimg)
+
+    def missing(self, nimg: int) -> list[str]:
+        """Profiles without an export at `nimg` (no file, an unreadable one, or one of other images: names count
+        kimg, so exports less than 1000 images apart share a name)."""
+        out = []
+        for profile in self.ema.profiles:
+            try:
+                with open(self.path(nimg, profile), "rb") as f:
+                    header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+                ok = int(json.loads(header["__metadata__"]["ect_scale.meta"])["nimg"]) == nimg
+            except (OSError, ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                out.append(profile)
+        return out
 
     def write_sample_grids(self, profile: str, state: dict, nimg: int) -> None:
         """PNG grids in <run_dir>/samples and TensorBoard images `Samples/<sampler>/<profile>` (rank 0)."""

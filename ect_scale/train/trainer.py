@@ -159,6 +159,8 @@ class Trainer:
                 resumed_nimg=self.state.nimg if resumed else None,
             )
         )
+        if resumed:
+            self.outputs.after_resume(self.state.nimg, self.batch_size)
         self._data_iter: Iterator = iter(self.stream)
 
     # ------------------------------------------------------------------ setup
@@ -235,6 +237,7 @@ class Trainer:
         total = cfg.train.total_nimg
         slice_end = self.state.nimg + cfg.train.slice_nimg if cfg.train.slice_nimg else None
         t_start = session_start = last_status = time.time()
+        finished = False
         self.watchdog.start()  # Hangs from here on: data, step, status, export, eval, checkpoint.
         try:
             while self.state.nimg < total:
@@ -260,30 +263,40 @@ class Trainer:
                     self.watchdog.at("checkpoint")
                     self.save_checkpoint()
                 if stop:
+                    if self.checkpointer is not None:
+                        self.checkpointer.wait()  # The background writer commits the stop's checkpoint first.
                     self.monitor.print(
                         f"Stopping at {after:,} images (preemption signal or slice end); "
                         "re-run the same command to resume."
                     )
                     break
+                if self.checkpointer is not None:
+                    self.checkpointer.poll()
             else:
                 self.watchdog.at("checkpoint")
-                if self.checkpointer is not None and not self.checkpointer.saved_at(self.state.nimg):
-                    self.save_checkpoint()
+                if self.checkpointer is not None:
+                    self.checkpointer.wait()
+                    if not self.checkpointer.saved_at(self.state.nimg):
+                        self.save_checkpoint()
+                        self.checkpointer.wait()
                 if self.outputs.exported_at != self.state.nimg:  # Not yet exported here.
                     self.outputs.export(self.state.nimg)
                 self._mark_done()
             self.monitor.print(*run_summary(self, time.time() - session_start))
+            finished = True
         finally:
             self.watchdog.stop()
-            self.folder.release()
+            if self.checkpointer is not None:  # A failing run abandons a save in flight (its peers may be gone).
+                self.checkpointer.close(wait=finished)
+            self.folder.release()  # After the writer: no write into the folder once another run may own it.
             arm_exit_watchdog()  # A shutdown that hangs (data workers, TensorBoard, ...) shows its stacks.
             self.monitor.close()
             self.stream.close()
         return self.state
 
     def save_checkpoint(self) -> bool:
-        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`;
-        after the commit, so an export cannot spoil it)."""
+        """A checkpoint (collective), then the EMA exports if they go with checkpoints (`ema.export_nimg: 0`; after
+        the state is captured, so an export cannot spoil it; a resume writes an export that a kill prevented)."""
         ok = self.checkpointer.save(self)
         if self.cfg.ema.export_nimg == 0:
             self.outputs.export(self.state.nimg)

@@ -21,6 +21,9 @@ BASE = {
     "ema.export_dtype": "float32",
     "checkpoint.convert_workers": 1,
 }
+# Background saves, the GPU default (`checkpoint.async_save: auto` is synchronous on CPUs): the checkpoint tests
+# (train(), test_bad_inputs, test_s3) run them.
+ASYNC = {"checkpoint.async_save": "true"}
 
 
 def make_cfg(run_dir: str, stage: int = 1, precision: str = "fp32", batch_gpu: int = 2, **extra):
@@ -68,7 +71,7 @@ def train(
     from ect_scale.train.trainer import Trainer
 
     bg = batch_gpu or 2
-    cfg = make_cfg(run_dir, stage, precision, bg, **(extra or {}))
+    cfg = make_cfg(run_dir, stage, precision, bg, **{**ASYNC, **(extra or {})})
     trainer = Trainer(cfg, stream=ListStream(rank, bg))
     start = snapshot(trainer)
     if before_run is not None:

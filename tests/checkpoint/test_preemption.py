@@ -24,7 +24,7 @@ CONFIG = {
     "ect": {"stage_nimg": 16, "q": 2, "P_mean": 0.0, "P_std": 1.0},
     "data": {"kind": "synthetic", "synthetic_resolution": 16, "synthetic_label_dim": 10, "num_workers": 0},
     "ema": {"stds": [0.05], "export_nimg": 0, "export_dtype": "float32"},
-    "checkpoint": {"interval_nimg": 1_000_000},
+    "checkpoint": {"interval_nimg": 1_000_000, "async_save": True},  # The stop waits for the background writer.
     "logging": {"progress": "plain", "tensorboard": False},
 }
 

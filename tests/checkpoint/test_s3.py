@@ -5,7 +5,7 @@ resume downloads, verifies and restores exactly."""
 
 import pytest
 
-from tests.checkpoint.common import assert_states_equal, make_cfg, snapshot
+from tests.checkpoint.common import ASYNC, assert_states_equal, make_cfg, snapshot
 from tests.distributed import free_port, run_ranks
 from tests.engine.common import ListStream
 
@@ -20,6 +20,7 @@ def _trainer(rank, run_dir, dest, staging, **extra):
         1,
         "fp32",
         **{
+            **ASYNC,
             "checkpoint.dir": dest,
             "checkpoint.staging_dir": staging,
             "checkpoint.interval_nimg": 8,
@@ -52,7 +53,9 @@ def _cut_upload_at(trainer, nimg: int, rank: int, snaps: dict) -> None:
             config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
         )
         try:
-            return real_save(t)
+            ok = real_save(t)
+            trainer.checkpointer.wait()  # The background writer uploads through the broken client.
+            return ok
         finally:
             dest.fs = good
             proxy.close()
@@ -120,6 +123,7 @@ def test_failed_upload_keeps_previous_checkpoint(result):
         failed = r["reports"][2]
         assert list(failed["errors"]) == [1] and "uploading" in failed["errors"][1]
         assert "Access Denied" in failed["errors"][1]
+        assert failed["latest"].endswith("ckpt-000000000016")  # Known without asking the failing store.
         assert r["latest"] == "ckpt-000000000016"
         assert r["listing"] == ["LOCK", "ckpt-000000000008", "ckpt-000000000016", "ckpt-000000000032", "latest"]
 
