@@ -47,7 +47,7 @@ class EMAOutputs:
         paths = []
         self.exported_at = nimg
         kimg = nimg // 1000
-        for i, profile in enumerate(self.ema.profiles):
+        for i, profile in enumerate(self.ema.exported):
             state = self.ema_state(profile)
             path = os.path.join(self.run_dir, "ema", f"ema-{kimg:07d}-{profile}.safetensors")
             if dist.is_main():
@@ -61,7 +61,7 @@ class EMAOutputs:
                 if self.compute_record is not None:
                     meta["compute"] = self.compute_record().to_meta()
                 save_network_file(path, state, self.network_cfg, meta=meta, dtype=self.export_dtype)
-                if i == len(self.ema.profiles) - 1:
+                if i == len(self.ema.exported) - 1:
                     self.write_sample_grids(profile, state, nimg)
             paths.append(path)
         dist.barrier()
@@ -105,7 +105,7 @@ class EMAOutputs:
         if self.evaluator is None:
             self.evaluator = InLoopEvaluator(self.eval_cfg, self.ect_cfg, self.encoder, device)
         results: dict[str, float] = {}
-        for profile in self.ema.profiles:
+        for profile in self.ema.exported:
             net = Precond(self.network_cfg).to(device)
             net.load_state_dict(self.ema_state(profile))
             results.update(self.evaluator.run({profile: net.eval()}, nimg))
