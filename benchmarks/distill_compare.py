@@ -11,6 +11,7 @@ tools/quickstart_report.py does. Each export's training compute is the `compute.
   comparison.md      the table and "CD needs k x ECT's compute to reach ECT's 2-step quality", same for ECD, with
                      bootstrap intervals over training seeds
   comparison.png     FD (2 and 1 steps) against training FLOPs for all three
+  grids/             2-step sample grids of seed 0 at ECT's budget and at each method's largest
 Scores are cached in scores.json: re-running scores only new exports.
 """
 
@@ -266,6 +267,31 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_grids(rows: list[dict], out_dir: str) -> list[str]:
+    """2-step sample grids (10 classes x 10 seeds, the same for every model) of seed 0's export of each method at
+    ECT's budget and at the method's largest budget."""
+    import torch
+
+    from ect_scale.ect import generate
+    from ect_scale.eval.grids import auto_zoom, make_grid, save_png
+    from ect_scale.eval.pipeline import load_for_eval
+
+    picks = {}
+    for method in ("ect", "cd", "ecd"):
+        mine = sorted((r for r in rows if r["method"] == method and r["seed"] == 0), key=lambda r: r["budget"])
+        for r in [r for r in mine if abs(r["budget"] - 1) < 1e-9] + mine[-1:]:
+            picks[f"{method}-x{r['budget']:g}"] = r
+    labels = torch.nn.functional.one_hot(torch.arange(10).repeat_interleave(10), 10).float()
+    paths = []
+    for name, r in picks.items():
+        net, _, encoder = load_for_eval(r["path"], torch.device("cpu"))
+        images = encoder.decode(generate(net, list(range(100)), "cpu", labels=labels, t_mid=(r["t_mid"],)))
+        path = os.path.join(out_dir, f"grid-{name}-2step.png")
+        save_png(make_grid(images.cpu(), cols=10, pad=2, zoom=auto_zoom(images.shape[-1])), path)
+        paths.append(path)
+    return paths
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -292,6 +318,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.root, "comparison.json"), "w") as f:
         json.dump({"rows": rows, "verdicts": verdicts}, f, indent=1, default=float)
     plot(rows, os.path.join(args.root, "comparison.png"))
+    write_grids(rows, os.path.join(args.root, "grids"))
     print(text)
     return 0
 
