@@ -123,7 +123,7 @@ def test_cd_passes_share_dropout_masks_and_drop_nonfinite_targets():
     )
     out = loss_fn(online, x0, None, 0, torch.Generator().manual_seed(0), masks)
     assert online.calls[0]["masks"] is masks and bad_target.masks is masks and online.calls[0]["grad"]
-    assert int(out.nonfinite_targets) == 1 and float(out.loss[2]) == 0.0 and torch.isfinite(out.loss).all()
+    assert int(out.nonfinite_targets) == 1 and float(out.loss[2].detach()) == 0.0 and torch.isfinite(out.loss).all()
     out.loss.sum().backward()
     assert torch.isfinite(online.scale.grad)
 
