@@ -30,3 +30,9 @@ def test_k_factor_and_bootstrap_over_seeds():
     assert text.startswith("2.00x (5-95 % bootstrap interval over seeds [")
     never = dc.describe_k(math.inf, np.full(10, math.inf), 0.5, 4.0)
     assert never.startswith("never within the budgets tried (> 4.00x)") and "100% of resamples never cross" in never
+
+
+def test_duplicate_exports_of_two_runs_are_paired():
+    row = dict(method="cd", seed=0, nimg=15360, kind="own")
+    rows = [{**row, "run": "cd-s0", "fd2": 15.8}, {**row, "run": "cd-x0.5-s0", "fd2": 15.8}, {**row, "kind": "shared"}]
+    assert dc.duplicates(rows) == {("cd-s0", "cd-x0.5-s0", 15360): (15.8, 15.8)}
