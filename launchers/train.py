@@ -81,6 +81,8 @@ def dry_run(cfg: Config) -> int:
         return 2
     checked = [
         "init" if cfg.init else None,
+        "teacher" if cfg.teacher else None,
+        "guide" if cfg.guide else None,
         "data" if cfg.data.kind == "shards" else None,
         "run_dir",
         "checkpoint.dir" if cfg.checkpoint.enabled else None,

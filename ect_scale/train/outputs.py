@@ -61,7 +61,7 @@ class EMAOutputs:
         sample grids of the last profile (rank 0)."""
         paths = []
         self.exported_at = nimg
-        for i, profile in enumerate(self.ema.profiles):
+        for i, profile in enumerate(self.ema.exported):
             state = self.ema_state(profile)
             path = self.path(nimg, profile)
             if dist.is_main():
@@ -75,7 +75,7 @@ class EMAOutputs:
                 if self.compute_record is not None:
                     meta["compute"] = self.compute_record().to_meta()
                 save_network_file(path, state, self.network_cfg, meta=meta, dtype=self.export_dtype)
-                if i == len(self.ema.profiles) - 1:
+                if i == len(self.ema.exported) - 1:
                     self.write_sample_grids(profile, state, nimg)
             paths.append(path)
         dist.barrier()
@@ -104,7 +104,7 @@ class EMAOutputs:
         """Profiles without an export at `nimg` (no file, an unreadable one, or one of other images: names count
         kimg, so exports less than 1000 images apart share a name)."""
         out = []
-        for profile in self.ema.profiles:
+        for profile in self.ema.exported:
             try:
                 with open(self.path(nimg, profile), "rb") as f:
                     header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -153,7 +153,7 @@ class EMAOutputs:
         if self.evaluator is None:
             self.evaluator = InLoopEvaluator(self.eval_cfg, self.ect_cfg, self.encoder, device)
         results: dict[str, float] = {}
-        for profile in self.ema.profiles:
+        for profile in self.ema.exported:
             net = Precond(self.network_cfg).to(device)
             net.load_state_dict(self.ema_state(profile))
             results.update(self.evaluator.run({profile: net.eval()}, nimg))
