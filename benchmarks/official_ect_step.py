@@ -3,7 +3,7 @@
 BENCHMARKS.md. Nothing of that code is in this repository: fetch it into a git-ignored folder and pass its path.
 
     git clone -b imgnet https://github.com/locuslab/ect .official        # .official/ is git-ignored
-    python benchmarks/official_ect_step.py --repo .official --preset s --precision fp32 --batch 32
+    PYTHONPATH=.official python benchmarks/official_ect_step.py --preset s --precision fp32 --batch 32
 
 The step is the official loop's (training/ct_training_loop.py): ECMLoss (online pass, RNG restore, no-grad
 target pass with forced weight normalisation off), `.mean().backward()`, gradients through nan_to_num, Adam,
@@ -15,7 +15,6 @@ reductions on), and fp16 (`--fp16=1`: its Precond computes the U-Net in fp16, lo
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -26,7 +25,6 @@ LR = {"xs": 1e-3, "s": 1e-3, "m": 9e-4, "l": 8e-4, "xl": 7e-4, "xxl": 6.5e-4}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repo", required=True, help="checkout of locuslab/ect, branch imgnet")
     ap.add_argument("--preset", default="s", choices=sorted(CHANNELS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     ap.add_argument("--batch", type=int, default=32)
@@ -35,9 +33,18 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ema", action="store_true", help="leave out the two EMA updates")
     ap.add_argument("--out", default=None, help="also append the JSON line here")
     args = ap.parse_args(argv)
-    sys.path.insert(0, os.path.abspath(args.repo))
     import torch
-    from training.loss import ECMLoss  # noqa: E402  (the official code, from --repo)
+
+    try:
+        import training.loss  # noqa: F401  (the official code, put on PYTHONPATH by the caller)
+    except ImportError:
+        print(
+            "error: the official code is not importable. Fix: run with PYTHONPATH=<checkout of locuslab/ect, "
+            "branch imgnet>, e.g. PYTHONPATH=.official",
+            file=sys.stderr,
+        )
+        return 2
+    from training.loss import ECMLoss  # noqa: E402  (the official code, from PYTHONPATH)
     from training.networks_edm2 import Precond  # noqa: E402
     from training.phema import PowerFunctionEMA, TraditionalEMA  # noqa: E402
 

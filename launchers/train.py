@@ -15,6 +15,10 @@ A single process picks a free rendezvous port; concurrent multi-process runs on 
 
 Expected failures (storage, missing files, incompatible checkpoints, out of memory) print one line
 `error: <what>. Fix: <how>` and exit with code 2; the full traceback is in <run_dir>/logs/error-rank<R>.log.
+Exit codes: 0 finished, or stopped with a checkpoint (SIGTERM/SIGUSR1, train.slice_nimg); 1 a bug; 2 an expected
+failure; 3 a hang (train.hang_timeout_s). <run_dir>/DONE exists only after a finished run: check it after
+`deepspeed`, which exits 0 when its launch process is killed (launchers/require_done.sh). A second run in a folder
+in use is refused (docs/troubleshooting.md).
 """
 
 import argparse
@@ -77,6 +81,8 @@ def dry_run(cfg: Config) -> int:
         return 2
     checked = [
         "init" if cfg.init else None,
+        "teacher" if cfg.teacher else None,
+        "guide" if cfg.guide else None,
         "data" if cfg.data.kind == "shards" else None,
         "run_dir",
         "checkpoint.dir" if cfg.checkpoint.enabled else None,

@@ -1,6 +1,7 @@
 """A process that called `exit_with_parent` exits within seconds of its parent's death, SIGKILL included."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -69,8 +70,16 @@ def test_sigusr2_prints_the_stacks_on_demand():
     code = HANGS.format(repo=str(REPO), arm="print('ready', flush=True)", wait=30)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGUSR2)
-    time.sleep(1.0)
+    # Ask until a dump shows the main thread in its wait: the first signal may come before the wait has begun,
+    # and a loaded machine may take seconds.
+    err, deadline = "", time.time() + 20
+    while "threading.py" not in err and time.time() < deadline:
+        proc.send_signal(signal.SIGUSR2)
+        if select.select([proc.stderr], [], [], 0.5)[0]:
+            chunk = os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+            if not chunk:
+                break
+            err += chunk
     proc.kill()
-    _, err = proc.communicate(timeout=30)
+    proc.communicate(timeout=30)
     assert "Current thread" in err and "threading.py" in err, err

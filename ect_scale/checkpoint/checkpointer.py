@@ -276,6 +276,8 @@ def describe(r: SaveReport) -> str:
     size = f"({r.total_bytes / 2**20:.1f} MiB, {r.rank_bytes / 2**20:.1f} MiB on rank 0)"
     stage = f"DeepSpeed {r.ds_sec:.2f} s, trainer state {r.state_sec:.2f} s"
     files = f"files + CRC32 {r.write_sec:.2f} s, upload {r.upload_sec:.2f} s, commit {r.commit_sec:.2f} s"
+    if r.outage_sec:
+        files += f"; {r.outage_sec:.1f} s of the save waiting for the store"
     if not r.background:
         return f"{size} in {r.total_sec:.2f} s, all blocking ({stage}, {files})"
     waited = f"waiting for the previous save {r.wait_sec:.2f} s, " if r.wait_sec > 0.005 else ""

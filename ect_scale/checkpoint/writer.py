@@ -58,6 +58,7 @@ class SaveReport:
     commit_sec: float = 0.0  # ... exchanging records, checking the destination, COMPLETE, `latest`, retention.
     writer_sec: float = 0.0  # Wall time of the whole write-and-commit (steps 1-4).
     total_sec: float = 0.0  # From the start of the save to its commit.
+    outage_sec: float = 0.0  # Of the write-and-commit, spent waiting for an object store that was out (this rank).
     latest: Optional[str] = None  # The latest complete checkpoint after this save (display form).
     errors: dict[int, str] = field(default_factory=dict)
     outage: Optional[tuple[str, Optional[str]]] = None  # (what, fix) of a store outage past its window: stop the run.
@@ -104,7 +105,7 @@ class SaveRunner:
 
     def run(self, job: SaveJob) -> SaveReport:
         report, log = job.report, job.log
-        t0 = time.time()
+        t0, lost0 = time.time(), self.dest.clock.lost_sec()
         records: list[FileRecord] = []
         folder = self.folder(job.tag)
         try:  # Every rank must reach the exchange below, whatever happens here.
@@ -136,6 +137,7 @@ class SaveRunner:
         report.commit_sec = time.time() - t
         report.writer_sec = time.time() - t0
         report.total_sec = time.time() - job.started
+        report.outage_sec = self.dest.clock.lost_sec() - lost0
         return report
 
     # ------------------------------------------------------------------ steps

@@ -28,6 +28,7 @@ from ect_scale.config.base import (
 )
 from ect_scale.config.checkpoint import CheckpointConfig
 from ect_scale.config.data import DataConfig
+from ect_scale.config.distill import DistillConfig
 from ect_scale.config.ect import ECTConfig
 from ect_scale.config.ema import EMAConfig
 from ect_scale.config.engine import EngineConfig
@@ -52,6 +53,7 @@ __all__ = [
     "OptimConfig",
     "EngineConfig",
     "DataConfig",
+    "DistillConfig",
     "EMAConfig",
     "CheckpointConfig",
     "EvalConfig",
@@ -63,13 +65,19 @@ __all__ = [
 ]
 
 
+DISTILL_OBJECTIVES = ("cd", "ecd")  # The objectives that read `teacher:`, `guide:` and `distill.*`.
+
+
 @dataclass
 class Config:
     run_dir: str = "runs/ect"  # Output directory (TensorBoard, stats.jsonl, resolved config, checkpoints).
     init: Optional[str] = None  # Pretrained network file (safetensors + config) to start from; null = random init.
+    teacher: Optional[str] = None  # cd / ecd: the frozen teacher's network file (may differ from `init`).
+    guide: Optional[str] = None  # cd / ecd with distill.guidance != 1: the guide network's file.
     description: str = ""  # Free text shown in the config table and saved with the run.
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ect: ECTConfig = field(default_factory=ECTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -97,6 +105,7 @@ class Config:
                 "needs the log-variance head",
                 "set network.logvar_channels > 0 (EDM2: 128)",
             )
+        self._validate_distill()
         check(
             self.network.compute_dtype == "float32",
             "network.compute_dtype",
@@ -112,6 +121,48 @@ class Config:
             f"up to {window:g} s), which a healthy run may spend waiting (got {self.train.hang_timeout_s:g})",
             "raise train.hang_timeout_s, lower the outage windows, or set train.hang_timeout_s=0 (off)",
         )
+
+    def _validate_distill(self) -> None:
+        """The teacher and guide files go with the distillation objectives, and only with them."""
+        objective, d = self.ect.objective, self.distill
+        distilling = objective in DISTILL_OBJECTIVES
+        check(
+            not distilling or bool(self.teacher),
+            "teacher",
+            f"ect.objective={objective} distills a teacher, but no teacher file is set",
+            "set teacher: to a network file (tools/import_edm2.py converts EDM2 pickles; docs/distillation.md)",
+        )
+        check(
+            distilling or not (self.teacher or self.guide),
+            "teacher" if self.teacher else "guide",
+            f"ect.objective={objective} uses no teacher or guide network",
+            "remove teacher:/guide:, or set ect.objective=cd or ecd",
+        )
+        check(
+            not (d.guidance != 1.0 and not self.guide),
+            "distill.guidance",
+            f"guidance {d.guidance:g} needs a guide network, but guide: is not set",
+            "set guide: to a network file (e.g. a smaller or shorter-trained EDM2 net), or distill.guidance=1",
+        )
+        check(
+            not (self.guide and d.guidance == 1.0),
+            "guide",
+            "a guide network has no effect at distill.guidance=1",
+            "set distill.guidance (e.g. 2.05 as sony/cmt's ImageNet-512 ECD) or remove guide:",
+        )
+        if objective == "cd":
+            check(
+                d.t_min < self.ect.t_max,
+                "distill.t_min",
+                f"must be below ect.t_max ({d.t_min} >= {self.ect.t_max})",
+                "CD uses 0.002 and T = 80",
+            )
+            check(
+                not self.ect.learned_uncertainty,
+                "ect.learned_uncertainty",
+                "cd does not use the log-variance head",
+                "set ect.learned_uncertainty=false",
+            )
 
     # Fields that must not change when resuming a run (the checkpoint stores them and names any difference).
     IMMUTABLE = ("network", "ect", "train.batch_size", "train.seed", "optim", "ema.stds", "ema.beta")
@@ -131,7 +182,15 @@ def _load_yaml(path: str, seen: list[str]) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"--config: file not found: {path}. Fix: pass an existing YAML file (see configs/)")
     with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(
+                f"{path}: not valid YAML{where} ({problem}). Fix: correct the YAML syntax there"
+            ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     base = raw.pop("base", None)
@@ -150,7 +209,9 @@ def load_config(path: Optional[str], overrides: Optional[list[str] | dict[str, s
     """Load a YAML recipe (or defaults if `path` is None) and apply `--a.b=value` overrides."""
     raw = load_yaml(path) if path else {}
     if isinstance(overrides, list):
-        overrides, rest = parse_override_args(overrides, allowed_plain=("run_dir", "init", "description"))
+        overrides, rest = parse_override_args(
+            overrides, allowed_plain=("run_dir", "init", "teacher", "guide", "description")
+        )
         if rest:
             raise ConfigError(f"unrecognised arguments {rest}. Fix: write overrides as --section.option=value")
     return config_from_dict(note_overrides(raw, overrides or {}), overrides or {})
@@ -175,6 +236,8 @@ def immutable_fields(cfg: Config) -> dict:
         for part in key.split("."):
             node = node[part]
         _flatten(key, node, flat)
+    if cfg.ect.objective in DISTILL_OBJECTIVES:  # Only distillation runs read it (older checkpoints lack it).
+        _flatten("distill", d["distill"], flat)
     return {k: v for k, v in flat.items() if k not in Config.RESUME_SAFE}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -177,13 +178,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict:
+    """The resolved annotations of a config dataclass (resolving them is most of the cost of loading a config)."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, raw: dict, path: str = "") -> Any:
     """Build dataclass `cls` from a (possibly partial) dict, coercing types and rejecting unknown keys."""
     raw = dict(raw or {})
     pre = getattr(cls, "_preprocess", None)
     if pre is not None:
         raw = pre(raw, path)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in raw.items():

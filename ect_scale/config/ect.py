@@ -1,4 +1,5 @@
-"""Objective configuration: ECT (consistency tuning) or EDM2's diffusion loss (teacher pretraining)."""
+"""Objective configuration: ECT (consistency tuning), EDM2's diffusion loss (teacher pretraining), or distillation
+from a teacher (cd, ecd; their own options are in `config.distill`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from ect_scale.config.base import check
 
 @dataclass
 class ECTConfig:
-    objective: Literal["ect", "diffusion"] = "ect"  # 'diffusion' = EDM2's loss (Eq. 21), to pretrain a teacher.
+    objective: Literal["ect", "diffusion", "cd", "ecd"] = (
+        "ect"  # diffusion = EDM2's loss (Eq. 21, pretrains a teacher); cd / ecd distill `teacher:` (distill.*).
+    )
     P_mean: float = -0.8  # ln t ~ N(P_mean, P_std^2), untruncated (ECT ImageNet-64 value).
     P_std: float = 1.6
     mapping: Literal["sigmoid", "const"] = "sigmoid"  # Delta-t mapping: n(t) = 1 + k sigmoid(-b t), or n = 1.

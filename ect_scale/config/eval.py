@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from ect_scale.config.base import check
+from ect_scale.config.base import check, parse_nimg
 
 
 @dataclass
 class EvalConfig:
     interval_nimg: int = 0  # In-loop evaluation every this many images; 0 = off.
+    # ... and when training reaches each of these image counts (e.g. a scaling sweep's log-spaced budgets).
+    at_nimg: list[int] = field(default_factory=list)
     num_samples: int = 10_000  # Samples per in-loop FID (report 50k with launchers/evaluate.py).
     steps: list[int] = field(default_factory=lambda: [1, 2])  # Sampler step counts; n steps use ect.t_mid[:n-1].
     metrics: list[Literal["fid", "fd_dinov2", "fd_classifier"]] = field(
@@ -30,9 +32,29 @@ class EvalConfig:
     vae_path: Optional[str] = None  # SD-VAE directory (diffusers AutoencoderKL, sd-vae-ft-mse) to decode latents.
     grid_size: int = 8  # Sample grid side length written to TensorBoard; 0 = no grids.
 
+    @classmethod
+    def _preprocess(cls, raw: dict, path: str = "eval") -> dict:
+        """`at_nimg` entries accept image counts with suffixes (`2k`, `12.8M`), like every `*_nimg` option."""
+        at = raw.get("at_nimg")
+        if isinstance(at, (list, tuple)):
+            p = path or "eval"
+            raw = dict(raw, at_nimg=[parse_nimg(v, f"{p}.at_nimg[{i}]") for i, v in enumerate(at)])
+        return raw
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run evaluates in the loop at all (`interval_nimg` or `at_nimg`)."""
+        return self.interval_nimg > 0 or bool(self.at_nimg)
+
     def validate(self, path: str = "eval") -> None:
         p = path or "eval"
         check(self.interval_nimg >= 0, f"{p}.interval_nimg", "must be >= 0", "use 0 to disable in-loop evaluation")
+        check(
+            all(n > 0 for n in self.at_nimg) and len(set(self.at_nimg)) == len(self.at_nimg),
+            f"{p}.at_nimg",
+            f"must list distinct image counts > 0 (got {self.at_nimg})",
+            "list when to evaluate, e.g. [2k, 4k, 8k], or [] for none",
+        )
         check(self.num_samples > 1, f"{p}.num_samples", "must be > 1", "use e.g. 10000 in-loop, 50000 for reporting")
         check(
             len(self.steps) > 0 and all(s >= 1 for s in self.steps),
@@ -50,7 +72,7 @@ class EvalConfig:
         check(self.batch_gpu >= 1, f"{p}.batch_gpu", "must be >= 1", "use e.g. 64")
         check(self.seed >= 0, f"{p}.seed", "must be >= 0", "use 0")
         check(self.grid_size >= 0, f"{p}.grid_size", "must be >= 0", "use 8, or 0 for no sample grids")
-        if self.interval_nimg > 0:
+        if self.enabled:
             self.validate_files(p)
 
     def validate_files(self, p: str = "eval") -> None:

@@ -70,6 +70,16 @@ PRESETS["demo-digits8"] = dict(
     sigma_data=0.5,
     logvar_channels=32,
 )
+# The digits scaling study's widths (docs/scaling.md): demo-digits8 with `model_channels` 8, 16 and 32 and
+# attention heads of 16 channels, so that, as between EDM2's sizes, a wider net has more heads (1, 2, 4 at 4x4).
+for _mc in (8, 16, 32):
+    PRESETS[f"demo-digits8-w{_mc}"] = dict(PRESETS["demo-digits8"], model_channels=_mc, channels_per_head=16)
+# The GPU scaling study's widths (benchmarks/scaling_gpu.sh): the digits upsampled to 32x32, three levels
+# (32, 16, 8 px; attention at 8) like EDM2's U-Net on CIFAR-sized images; 1.2M, 4.8M and 19.2M parameters.
+for _mc in (32, 64, 128):
+    PRESETS[f"demo-digits32-w{_mc}"] = dict(
+        PRESETS["demo-digits8"], img_resolution=32, channel_mult=[1, 2, 2], attn_resolutions=[8], model_channels=_mc
+    )
 PRESETS["demo-digits16"] = dict(
     img_resolution=16,
     img_channels=3,

@@ -54,13 +54,28 @@ def pseudo_huber(sumsq: torch.Tensor, c: float) -> torch.Tensor:
     return sumsq.sqrt()
 
 
+# A distance d(f_online, f_target) -> [N] per sample (the online output keeps its gradient).
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def huber_distance(c: float) -> Distance:
+    """ECT's d: pseudo-Huber of the per-sample difference with constant c (L2 norm at c = 0)."""
+    return lambda a, b: pseudo_huber(_flat_sumsq(a - b), c)
+
+
 class ECTLoss:
     """ECT objective. `reduce_any` turns a local "some r > 0" flag into a global decision (needed under ZeRO-3,
     where every rank must run the same forward passes); the default is local."""
 
-    def __init__(self, cfg: ECTConfig, reduce_any: Optional[Callable[[bool], bool]] = None):
+    def __init__(
+        self,
+        cfg: ECTConfig,
+        reduce_any: Optional[Callable[[bool], bool]] = None,
+        distance: Optional[Distance] = None,
+    ):
         self.cfg = cfg
         self.reduce_any = reduce_any or (lambda flag: flag)
+        self.distance = distance or huber_distance(cfg.c)
 
     def flop_passes(self) -> dict[str, float]:
         """Forward-pass equivalents per image, by network: the online forward with its backward (3) and the
@@ -92,9 +107,9 @@ class ECTLoss:
             r = schedules.t_to_r(t, nimg, cfg)
             any_positive = None
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-        t4, r4 = t.view(-1, 1, 1, 1), r.view(-1, 1, 1, 1)
+        t4 = t.view(-1, 1, 1, 1)
         x_t = x0 + t4 * eps
-        x_r = x0 + r4 * eps
+        x_r = self.target_point(x0, x_t, eps, t, r, labels, any_positive)
 
         if cfg.learned_uncertainty:
             f_t, logvar = net(x_t, t, labels, dropout_masks=dropout_masks, return_logvar=True)
@@ -102,14 +117,18 @@ class ECTLoss:
             f_t, logvar = net(x_t, t, labels, dropout_masks=dropout_masks), None
 
         target, nonfinite = self.target(net, x0, x_r, r, labels, dropout_masks, any_positive)
-        sumsq = _flat_sumsq(f_t - target)
-        d = pseudo_huber(sumsq, cfg.c)
+        d = self.distance(f_t, target)
         loss = d * weighting(t, r, cfg)
         if logvar is not None:
             u = logvar.flatten()
             loss = loss / u.exp() + u  # Learned uncertainty (EDM2 Eq. 21 applied per sample).
         loss = torch.where(nonfinite, torch.zeros_like(loss), loss)
         return LossOutput(loss=loss, t=t, r=r, distance=d.detach(), nonfinite_targets=nonfinite.sum())
+
+    def target_point(self, x0, x_t, eps, t, r, labels, any_positive: Optional[bool] = None) -> torch.Tensor:
+        """x_r = x0 + r eps: the point on the same noise direction (ECT; `ect.distill.ECDLoss` takes a teacher
+        ODE step from x_t instead)."""
+        return x0 + r.view(-1, 1, 1, 1) * eps
 
     @torch.no_grad()
     def target(self, net: Net, x0, x_r, r, labels, dropout_masks, any_positive: Optional[bool] = None):
@@ -169,8 +188,3 @@ class DiffusionLoss:
             distance=_flat_sumsq(D - x0).sqrt().detach(),
             nonfinite_targets=torch.zeros((), dtype=torch.long, device=x0.device),
         )
-
-
-def build_objective(cfg: ECTConfig, reduce_any: Optional[Callable[[bool], bool]] = None):
-    """The loss object for `cfg.objective`."""
-    return ECTLoss(cfg, reduce_any) if cfg.objective == "ect" else DiffusionLoss(cfg)

@@ -6,14 +6,15 @@ dtau,
   gamma comes from sigma_rel by the largest real root of gamma^3 + 7 gamma^2 + (16 - sigma^-2) gamma + (12 - sigma^-2)
   = 0
   (EDM2 Eq. 123 inverted, Algorithm 2).
-* Traditional EMA with a constant per-step beta (ECT keeps one at 0.9999).
+* Traditional EMA with a constant per-step beta (ECT keeps one at 0.9999); internal profiles (CD's target network
+  theta-, Song et al. 2023 Eq. 8) are constant-beta EMAs too.
 The EMAs restart when tuning starts (ECT's ImageNet code creates them after loading the pretrained net), so the
 first update (beta = 0) copies the weights. Updates are `torch._foreach_lerp_` over whole flat partitions.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,12 +43,16 @@ def power_beta(std: float, nimg_after: int, batch_size: int) -> float:
 class EMATracker:
     """All EMA profiles of a run, each a list of fp32 tensors with the layout of this rank's master partitions."""
 
-    def __init__(self, cfg: EMAConfig, master: MasterWeights):
+    def __init__(self, cfg: EMAConfig, master: MasterWeights, internal: Sequence[str] = ()):
+        """`internal`: extra constant-beta profiles named "<role>-<beta>" (e.g. consistency distillation's target
+        network "target-0.95"), updated, checkpointed and re-sliced like the others but not exported."""
         self.cfg = cfg
         self.master = master
         self.profiles: list[str] = [f"power-{s:.3f}" for s in cfg.stds]
         if cfg.beta is not None:
             self.profiles.append(f"beta-{cfg.beta:g}")
+        self.exported: list[str] = list(self.profiles)  # What EMA exports, evaluations and summaries show.
+        self.profiles += list(internal)
         self.shadows: dict[str, list[torch.Tensor]] = {}
         self.nimg = 0
         self.reset()

@@ -31,15 +31,16 @@ import time
 import uuid
 from typing import Callable, Optional
 
-from ect_scale.runtime.errors import UserError
+from ect_scale.runtime.errors import ConfigError, UserError
 
 LOCK_NAME = "LOCK"
 STALE_S = 600.0  # A holder on another host that has not renewed its lock for this long counts as dead.
 _HELD: dict[str, "FolderLock"] = {}  # The locks this process holds, by lock path.
 
 
-class FolderBusyError(UserError):
-    """Another live run holds the folder."""
+class FolderBusyError(ConfigError):
+    """Another live run holds the folder: run_dir / checkpoint.dir name a folder in use. A configuration error, so
+    that the refused start writes no error log (into the other run's logs/)."""
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -145,6 +146,20 @@ class FolderLock:
 
     # ------------------------------------------------------------------ acquire / release
     def acquire(self) -> Optional[dict]:
+        """See `_acquire`; on object storage, a store that cannot be reached is one line."""
+        try:
+            return self._acquire()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore/aiohttp/OS errors of a store that cannot be reached
+            if self.local:
+                raise
+            raise UserError(
+                f"cannot take the lock {self.path}: {type(e).__name__}: {e}",
+                "check that the store is up and reachable from this node (endpoint and credentials: docs/data.md)",
+            ) from e
+
+    def _acquire(self) -> Optional[dict]:
         """Take the folder; returns the record of a dead holder that was taken over (None if the folder was free).
         Raises `FolderBusyError` if a live run holds it. A lock of this very process (a run object that failed to
         start and was not released, or a release that could not reach the store) is taken without a note."""

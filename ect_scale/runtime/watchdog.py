@@ -37,7 +37,7 @@ from ect_scale.runtime import dist, entry, peers
 from ect_scale.runtime.errors import UserError
 
 HANG_EXIT_CODE = 3
-KEY = "ect_scale/hang/{rank}"
+KEY = "ect_scale.hang.{rank}"  # A key of the rendezvous store, one per rank.
 COMPARE_S = 3.0  # How long a hung rank waits for the other ranks' notes before deciding who reports.
 
 

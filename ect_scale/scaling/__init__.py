@@ -1,6 +1,8 @@
-"""Fitting and reporting for scaling-law studies of ECT runs: metric (e.g. FD) against training compute.
+"""Scaling-law studies of ECT runs: sweeps that train a grid of sizes x budgets x seeds, and the fits and report of a
+metric (e.g. FD) against training compute.
 
-Pure numpy / scipy (matplotlib only inside `plot`); imports nothing from the package but `ect_scale.runtime.errors`.
+The fits (pure numpy / scipy; matplotlib only inside `plot`; they import nothing from the package but
+`ect_scale.runtime.errors`):
 
 - `points`: `Point` (one run: size, params, seed, budget_nimg, compute_flops, costs, metrics, status, reason),
   `write_table` / `read_table` (CSV and JSON; missing and failed points kept with their reason).
@@ -9,6 +11,15 @@ Pure numpy / scipy (matplotlib only inside `plot`); imports nothing from the pac
 - `frontier`: `frontier`, `best_size_for`, `measured_envelope`, `compare_sizes`.
 - `report`: `analyse(points, metrics, predict_at_flops)` and `write_report(analysis, out_dir)`
   (fits.json, report.md, one PNG per metric via `plot.plot_metric`).
+
+The sweeps (`tools/scaling.py`; docs/scaling.md):
+
+- `sweep`: the sweep file (`SweepConfig`, `load_sweep`), validated with errors that name the key and a fix.
+- `plan`: `build_plan(sweep)`: the runs (resolved configs, launcher arguments) and the points of each mode.
+- `runner`: `SweepRunner`: teachers, then runs one after another through the real launcher, resumable.
+- `collect`: `run_state`, `collect_points`: run folders -> points (ok, missing or failed, with the reason).
+- `slurm`: `write_slurm`: an array job, one task per run, through launchers/slurm_train.sbatch.
+- `study`: `report_sweep`: tables, fits and plots of each mode, the modes side by side, `sweep.md`.
 """
 
 from ect_scale.scaling.fit import Fit, Prediction, fit_points, fit_power_law, predict

@@ -8,7 +8,7 @@ from typing import Any, Optional
 FORM_NAMES = {"pure": "y = a·C^(−b)", "floor": "y = e + a·C^(−b)"}
 
 
-def _g(x: Optional[float], digits: int = 3) -> str:
+def fmt(x: Optional[float], digits: int = 3) -> str:
     """A number in `digits` significant figures, or an em dash for None / NaN."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -16,7 +16,7 @@ def _g(x: Optional[float], digits: int = 3) -> str:
 
 
 def _ci(lo: Optional[float], hi: Optional[float]) -> str:
-    return "—" if lo is None or hi is None or math.isnan(lo) else f"[{_g(lo)}, {_g(hi)}]"
+    return "—" if lo is None or hi is None or math.isnan(lo) else f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -108,12 +108,12 @@ def _fit_rows(data: dict[str, Any]) -> list[list[str]]:
                     size,
                     form,
                     "✓" if d["chosen"] == form else "",
-                    _g(fit["params"]["a"]),
-                    f"{_g(fit['params']['b'])} {_ci(*fit['ci']['b'])}",
-                    f"{_g(fit['params']['e'])} {_ci(*fit['ci']['e'])}" if form == "floor" else "0",
-                    _g(fit["r2_log"]),
-                    _g(fit["rmse_log"]),
-                    _g(err),
+                    fmt(fit["params"]["a"]),
+                    f"{fmt(fit['params']['b'])} {_ci(*fit['ci']['b'])}",
+                    f"{fmt(fit['params']['e'])} {_ci(*fit['ci']['e'])}" if form == "floor" else "0",
+                    fmt(fit["r2_log"]),
+                    fmt(fit["rmse_log"]),
+                    fmt(err),
                     f"{fit['n_boot_used']}/{fit['n_boot_requested']}",
                 ]
             )
@@ -130,8 +130,8 @@ def _check_rows(data: dict[str, Any]) -> list[list[str]]:
             held, err = f"not possible: {hold['error']}", "—"
         else:
             held = (
-                f"{_g(hold['predicted'])} {_ci(hold['lo'], hold['hi'])} vs {_g(hold['measured'])} "
-                f"(at {_g(hold['compute_flops'])} FLOPs, {len(hold['measured_values'])} seeds)"
+                f"{fmt(hold['predicted'])} {_ci(hold['lo'], hold['hi'])} vs {fmt(hold['measured'])} "
+                f"(at {fmt(hold['compute_flops'])} FLOPs, {len(hold['measured_values'])} seeds)"
             )
             err = f"{hold['rel_error']:+.1%}" + ("" if hold["inside_interval"] else " (outside interval)")
         noise = d["seed_noise"]["pooled_rel_std"]
@@ -156,25 +156,25 @@ def _frontier_lines(data: dict[str, Any]) -> list[str]:
     ]
     for seg in data["frontier"]["segments"]:
         who = seg["size"] or "no size measured here"
-        lines.append(f"- {_g(seg['from_flops'])} – {_g(seg['to_flops'])} FLOPs: **{who}**")
+        lines.append(f"- {fmt(seg['from_flops'])} – {fmt(seg['to_flops'])} FLOPs: **{who}**")
     lines += ["", "Best size per compute decade:", ""]
     lines += _table(
         ["compute (FLOPs)", "best size", "fitted value", ""],
         [
-            [_g(r["compute_flops"]), r["size"], _g(r["value"]), "extrapolated" if r["extrapolated"] else ""]
+            [fmt(r["compute_flops"]), r["size"], fmt(r["value"]), "extrapolated" if r["extrapolated"] else ""]
             for r in data["best_size_per_decade"]
         ],
     )
     lines += [
         "",
         "Measured lower envelope (seed geometric means): "
-        + ", ".join(f"{r['size']} at {_g(r['compute_flops'])} FLOPs: {_g(r['value'])}" for r in data["envelope"])
+        + ", ".join(f"{r['size']} at {fmt(r['compute_flops'])} FLOPs: {fmt(r['value'])}" for r in data["envelope"])
         + ".",
     ]
     if data["comparisons"]:
         lines += ["", "Larger vs smaller models at equal compute:", ""]
         lines += [
-            f"- {c['summary']} (b = {_g(c['b_small'])} for {c['small']}, {_g(c['b_large'])} for {c['large']})"
+            f"- {c['summary']} (b = {fmt(c['b_small'])} for {c['small']}, {fmt(c['b_large'])} for {c['large']})"
             for c in data["comparisons"]
         ]
     return lines
@@ -184,7 +184,7 @@ def _prediction_lines(data: dict[str, Any], analysis: dict[str, Any]) -> list[st
     pred = data["prediction"]
     note = " (default: 4× the largest measured compute)" if analysis.get("predict_at_default") else ""
     lines = [
-        f"### Prediction at {_g(pred['compute_flops'])} FLOPs{note}",
+        f"### Prediction at {fmt(pred['compute_flops'])} FLOPs{note}",
         "",
         "**This is a prediction, not a measurement.** Each size's chosen fit, extrapolated; the interval is the "
         "95 % bootstrap interval of the fitted curve (a single run scatters further by the seed noise).",
@@ -192,7 +192,7 @@ def _prediction_lines(data: dict[str, Any], analysis: dict[str, Any]) -> list[st
     ]
     lines += _table(
         ["size", f"predicted {data['metric']}", "95 % interval", "× beyond largest budget"],
-        [[s, _g(p["value"]), _ci(p["lo"], p["hi"]), _g(p["extrapolation"], 2)] for s, p in pred["per_size"].items()],
+        [[s, fmt(p["value"]), _ci(p["lo"], p["hi"]), fmt(p["extrapolation"], 2)] for s, p in pred["per_size"].items()],
     )
     lines += ["", f"Best size predicted at this compute: **{pred['best_size']}**."]
     return lines

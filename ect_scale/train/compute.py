@@ -8,9 +8,10 @@ step is 4 (online forward + backward, and the stop-gradient target forward, as M
 loss is 3. Networks other than the online one (a distillation teacher) are counted with their own FLOP count.
 
 The count is the nominal one: ECT's target pass is counted even where a whole batch has r = 0 and the network is
-not called. Device-hours are wall time of the training loop times the number of ranks (GPU-hours on GPUs),
-checkpoints and exports included; evaluation is counted in wall time too, and reported separately
-(`Timing/eval_sec`).
+not called. A distillation run counts its teacher (and guide, and CD's target network theta-) by their own forward
+FLOPs; the teacher's own pretraining is reported beside it (`Compute/teacher_*`), never added. Device-hours are
+wall time of the training loop times the number of ranks (GPU-hours on GPUs), checkpoints and exports included;
+evaluation is counted in wall time too, and reported separately (`Timing/eval_sec`).
 """
 
 from __future__ import annotations
@@ -96,18 +97,19 @@ class ComputeMeter:
         )
 
 
-def init_compute(meta: dict, init_fwd_flops: Optional[float]) -> dict[str, float]:
+def init_compute(meta: dict, init_fwd_flops: Optional[float], role: str = "init") -> dict[str, float]:
     """The compute the init file records about its own training, as scalars reported alongside the run's own
     (never added to it): an ect_scale export carries its `compute` record; an imported EDM2 snapshot carries the
     images it was trained on (`meta["edm2"]["nimg"]`), counted with EDM2's diffusion loss (3 forward-pass
-    equivalents per image) of the same network. {} when the file records neither."""
+    equivalents per image) of the same network. {} when the file records neither. `role` names the file in the
+    keys: "init", or "teacher" / "guide" for a distillation run's frozen networks (Compute/teacher_train_flops)."""
     if isinstance(meta.get("compute"), dict) and "train_flops" in meta["compute"]:
         c = meta["compute"]
-        return {"Compute/init_train_flops": float(c["train_flops"]), "Compute/init_nimg": float(c.get("nimg", 0))}
+        return {f"Compute/{role}_train_flops": float(c["train_flops"]), f"Compute/{role}_nimg": float(c.get("nimg", 0))}
     edm2_nimg = (meta.get("edm2") or {}).get("nimg")
     if edm2_nimg and init_fwd_flops:
         return {
-            "Compute/init_train_flops": 3.0 * init_fwd_flops * float(edm2_nimg),
-            "Compute/init_nimg": float(edm2_nimg),
+            f"Compute/{role}_train_flops": 3.0 * init_fwd_flops * float(edm2_nimg),
+            f"Compute/{role}_nimg": float(edm2_nimg),
         }
     return {}

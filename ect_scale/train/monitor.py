@@ -163,8 +163,9 @@ class Monitor:
         if self.progress is not None:
             self.progress.update(self.task, completed=nimg / 1000, status=status)
 
-    def log(self, nimg: int, scalars: dict[str, float]) -> None:
-        """Write scalars on the kimg axis (rank 0) and print a status line."""
+    def log(self, nimg: int, scalars: dict[str, float], status: bool = True) -> None:
+        """Write scalars on the kimg axis (rank 0) and, for training statistics (`status`), print a status line.
+        Evaluation records pass `status=False`: the evaluator prints its own line."""
         if not self.active:
             return
         kimg = nimg / 1000
@@ -175,6 +176,8 @@ class Monitor:
         if self.jsonl is not None:
             self.jsonl.write(json.dumps({"kimg": kimg, "timestamp": time.time(), **scalars}) + "\n")
             self.jsonl.flush()
+        if not status:
+            return
         self.tick(nimg, _short_status(scalars, self.ect))
         if self.progress is None:
             self.print(status_line(kimg, scalars, self.total_nimg / 1000, self._eta(nimg, scalars), self.ect))
@@ -234,8 +237,8 @@ def status_line(
     ]
     if "Data/corrupt_shards_skipped" in s:
         fields.append(f"bad-shards {int(s['Data/corrupt_shards_skipped']):<3d}")
-    lost = s.get("Data/outage_sec", 0.0) + s.get("Checkpoint/outage_sec", 0.0)
-    if lost:  # Time the store was out (data reads and checkpoint I/O), the most on any rank.
+    lost = max(s.get("Data/outage_sec", 0.0), s.get("Checkpoint/outage_sec", 0.0))
+    if lost:  # Time the store was out for data reads or for checkpoint I/O (often the same outage), any rank's most.
         fields.append(f"outage {duration(lost)}")
     fields.append(f"eta {'-' if eta_sec is None else duration(eta_sec)}")
     return "  ".join(fields)

@@ -23,9 +23,22 @@ from ect_scale.runtime import dist
 from ect_scale.runtime.intervals import Interval
 
 
+class EvalSchedule:
+    """When in-loop evaluation is due: every `eval.interval_nimg` images (an `Interval`), and at the step that
+    reaches each of `eval.at_nimg` (log-spaced budgets of a scaling sweep). A step from `before` to `after` images
+    reaches n when before < n <= after, the rule `Interval` uses for its multiples."""
+
+    def __init__(self, interval_nimg: int, at_nimg: list[int]):
+        self.every = Interval(interval_nimg)
+        self.at_nimg = tuple(sorted(at_nimg))
+
+    def due(self, before_nimg: int, after_nimg: int) -> bool:
+        return self.every.due(before_nimg, after_nimg) or any(before_nimg < n <= after_nimg for n in self.at_nimg)
+
+
 class EMAOutputs:
     """EMA exports (`ema.export_nimg`; 0 = with every checkpoint), their sample grids (`logging.sample_grid`), and
-    in-loop evaluation (`eval.interval_nimg`)."""
+    in-loop evaluation (`eval.interval_nimg`, `eval.at_nimg`)."""
 
     def __init__(self, cfg: Config, run_dir: str, ema, engine, encoder, monitor, compute_record=None):
         self.network_cfg, self.ect_cfg, self.eval_cfg = cfg.network, cfg.ect, cfg.eval
@@ -33,7 +46,7 @@ class EMAOutputs:
         self.grid_samples = cfg.logging.sample_grid
         self.run_dir, self.ema, self.engine, self.encoder, self.monitor = run_dir, ema, engine, encoder, monitor
         self.every = Interval(cfg.ema.export_nimg)  # 0: exports go with checkpoints (the trainer's call).
-        self.evaluator_every = Interval(cfg.eval.interval_nimg)
+        self.evaluator_every = EvalSchedule(cfg.eval.interval_nimg, cfg.eval.at_nimg)
         self.exported_at: Optional[int] = None  # Images seen at the last export.
         self.evaluator = None  # Built at the first evaluation (loads detectors).
         self.grids_off_reason: Optional[str] = None  # Why grids cannot be drawn (said once).
@@ -48,7 +61,7 @@ class EMAOutputs:
         sample grids of the last profile (rank 0)."""
         paths = []
         self.exported_at = nimg
-        for i, profile in enumerate(self.ema.profiles):
+        for i, profile in enumerate(self.ema.exported):
             state = self.ema_state(profile)
             path = self.path(nimg, profile)
             if dist.is_main():
@@ -62,7 +75,7 @@ class EMAOutputs:
                 if self.compute_record is not None:
                     meta["compute"] = self.compute_record().to_meta()
                 save_network_file(path, state, self.network_cfg, meta=meta, dtype=self.export_dtype)
-                if i == len(self.ema.profiles) - 1:
+                if i == len(self.ema.exported) - 1:
                     self.write_sample_grids(profile, state, nimg)
             paths.append(path)
         dist.barrier()
@@ -91,7 +104,7 @@ class EMAOutputs:
         """Profiles without an export at `nimg` (no file, an unreadable one, or one of other images: names count
         kimg, so exports less than 1000 images apart share a name)."""
         out = []
-        for profile in self.ema.profiles:
+        for profile in self.ema.exported:
             try:
                 with open(self.path(nimg, profile), "rb") as f:
                     header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -140,7 +153,7 @@ class EMAOutputs:
         if self.evaluator is None:
             self.evaluator = InLoopEvaluator(self.eval_cfg, self.ect_cfg, self.encoder, device)
         results: dict[str, float] = {}
-        for profile in self.ema.profiles:
+        for profile in self.ema.exported:
             net = Precond(self.network_cfg).to(device)
             net.load_state_dict(self.ema_state(profile))
             results.update(self.evaluator.run({profile: net.eval()}, nimg))
@@ -148,5 +161,5 @@ class EMAOutputs:
                 self.monitor.add_images(name, grid if grid.ndim == 4 else grid.unsqueeze(0), nimg)
             del net
         results.update(extra_scalars or {})
-        self.monitor.log(nimg, results)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
+        self.monitor.log(nimg, results, status=False)  # Rank 0: TensorBoard + stats.jsonl on the kimg axis.
         return results

@@ -5,6 +5,8 @@
 Each problem is one line naming the option, what is wrong and the fix:
   * placeholders left in the recipe (`s3://YOUR-BUCKET/...`, `<path>`) are named and not contacted;
   * `init`: the network file exists, is readable, and holds the run's architecture (only its header is read);
+  * `teacher`, `guide` (distillation): the network files exist and draw the run's data (resolution, channels,
+    classes, sigma_data; header only), and the teacher's GPU copy is allowed under the run's ZeRO stage;
   * `data.url`: the manifest opens (short timeouts), its samples and classes fit the network, and its shards go
     round ranks x workers (`data.kind: synthetic` needs nothing);
   * `run_dir`, `checkpoint.dir`: writable (local: the nearest existing folder; object storage: a probe object is
@@ -26,6 +28,7 @@ from ect_scale.data.storage import StorageOptions, describe_error, filesystem, j
 from ect_scale.data.stream import check_layout
 from ect_scale.networks.netfile import check_compatible, read_network_header
 from ect_scale.runtime.errors import UserError, user_error_of
+from ect_scale.train.teacher import check_fit, replica_dtype
 
 PLACEHOLDER = re.compile(r"(?i)\byour[-_][a-z0-9]|<[^<>\s]+>")
 
@@ -35,6 +38,8 @@ def check_run(cfg: Config, world_size: int = 1) -> list[str]:
     placeholders = dict(placeholder_problems(cfg))
     checks: list[tuple[str, Callable[[], Optional[str]]]] = [
         ("init", lambda: _init(cfg)),
+        ("teacher", lambda: _frozen(cfg, "teacher", world_size)),
+        ("guide", lambda: _frozen(cfg, "guide", world_size)),
         ("data.url", lambda: _data(cfg, world_size)),
         ("run_dir", lambda: _writable("run_dir", cfg.run_dir)),
     ]
@@ -59,7 +64,7 @@ def unread_sections(cfg: Config) -> tuple[str, ...]:
         unread += ["data.url", "data.endpoint_url", "data.vae"]
     if not cfg.checkpoint.enabled:
         unread.append("checkpoint.")
-    if cfg.eval.interval_nimg == 0:
+    if not cfg.eval.enabled:
         unread.append("eval.")
     return tuple(unread)
 
@@ -113,6 +118,24 @@ def _init(cfg: Config) -> Optional[str]:
         check_compatible(config, cfg.network, cfg.init)
     except Exception as e:  # noqa: BLE001 - every failure is a problem to report
         return _describe("init", e, cfg.init)
+    return None
+
+
+def _frozen(cfg: Config, option: str, world_size: int) -> Optional[str]:
+    """A distillation run's teacher or guide file (`train.teacher`)."""
+    path = getattr(cfg, option)
+    if not path:
+        return None
+    fix = f"convert EDM2's pickle with tools/import_edm2.py (docs/import.md), or point {option} at an existing file"
+    problem = _exists(option, path, fix)
+    if problem is not None:
+        return problem
+    try:
+        config, _ = read_network_header(path)
+        check_fit(config, cfg.network, option, path)
+        replica_dtype(cfg, world_size)
+    except Exception as e:  # noqa: BLE001
+        return _describe(option, e, path)
     return None
 
 

@@ -21,9 +21,16 @@ def data_description(data: DataConfig) -> str:
 
 def objective_description(cfg: Config) -> str:
     e = cfg.ect
+    d = cfg.distill
     if e.objective == "diffusion":
         return "diffusion (EDM2 loss, Eq. 21)"
-    return f"ECT q={e.q:g} stage_nimg={e.stage_nimg:,} c={e.c:g} weighting={e.weighting}"
+    if e.objective == "cd":
+        return (
+            f"CD N={d.levels} t_min={d.t_min:g} mu={d.target_ema:g} {d.solver} teacher step, d={d.distance} "
+            f"(c={e.c:g}) weighting={e.weighting}"
+        )
+    ect = f"ECT q={e.q:g} stage_nimg={e.stage_nimg:,} c={e.c:g} weighting={e.weighting}"
+    return ect if e.objective == "ect" else f"ECD: {ect}, x_r by a {d.solver} teacher step, d={d.distance}"
 
 
 def config_rows(
@@ -64,7 +71,7 @@ def run_summary(trainer, session_sec: float) -> list[str]:
     """The end-of-run lines (rank 0 prints them): images, time, speed, skips, and where the results are."""
     cfg, run_dir, state = trainer.cfg, trainer.run_dir, trainer.state
     shards = trainer.last_scalars.get("Data/corrupt_shards_skipped")
-    places = [("EMAs", os.path.join(run_dir, "ema") + f"  ({', '.join(trainer.ema.profiles)})")]
+    places = [("EMAs", os.path.join(run_dir, "ema") + f"  ({', '.join(trainer.ema.exported)})")]
     if cfg.logging.sample_grid > 0:
         places.append(("samples", os.path.join(run_dir, "samples")))
     if cfg.logging.tensorboard:

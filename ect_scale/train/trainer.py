@@ -22,7 +22,7 @@ import torch
 
 from ect_scale.checkpoint import Checkpointer, RunSpec
 from ect_scale.checkpoint.collective import on_main
-from ect_scale.config import Config, dump_config
+from ect_scale.config import DISTILL_OBJECTIVES, Config, dump_config
 from ect_scale.ect import build_objective, learning_rate, nominal_ratio, stage_at, step_generator
 from ect_scale.engine.ema import EMATracker
 from ect_scale.engine.group import init_process_group
@@ -44,6 +44,7 @@ from ect_scale.train.monitor import Monitor, StepStats
 from ect_scale.train.outputs import EMAOutputs
 from ect_scale.train.prefetch import DevicePrefetcher
 from ect_scale.train.summary import config_rows, param_count, run_summary
+from ect_scale.train.teacher import Distillation, check_frozen_files, target_profile
 
 
 @dataclass
@@ -101,11 +102,12 @@ class Trainer:
         init_process_group(cfg.engine.backend)
         self.device = dist.device()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        check_frozen_files(cfg, self.world_size)  # A teacher that cannot serve: one line, before any GPU work.
         self.run_dir = cfg.run_dir
         self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank, os.path.join(self.run_dir, "logs"))
         self.folder = self._own_run_dir()  # Before anything is written to the run folder.
         self.monitor = Monitor(
-            self.run_dir, cfg.logging, cfg.train.total_nimg, ect_stages=cfg.ect.objective != "diffusion"
+            self.run_dir, cfg.logging, cfg.train.total_nimg, ect_stages=cfg.ect.objective in ("ect", "ecd")
         )
         compile_cache = setup_compile_cache(cfg.engine, self.run_dir)
         net, fp32_state, self.init_meta = start_network(cfg)
@@ -119,19 +121,32 @@ class Trainer:
         self.module = self.engine.module
         self.module.train()
         zero3 = cfg.engine.zero_stage == 3 and self.world_size > 1
-        self.objective = build_objective(cfg.ect, reduce_any=dist.any_true if zero3 else None)
-        self.ema = EMATracker(cfg.ema, self.engine.master)
+        internal = [target_profile(cfg.distill.target_ema)] if cfg.ect.objective == "cd" else []
+        self.ema = EMATracker(cfg.ema, self.engine.master, internal=internal)  # CD: theta- is an internal EMA.
+        self.distill = (
+            Distillation(cfg, self.engine, self.ema, self.device, self.world_size)
+            if cfg.ect.objective in DISTILL_OBJECTIVES
+            else None
+        )
+        self.objective = build_objective(
+            cfg.ect,
+            reduce_any=dist.any_true if zero3 else None,
+            distill=cfg.distill,
+            nets=self.distill.nets() if self.distill is not None else None,
+        )
         self.stream = DevicePrefetcher(stream if stream is not None else self._build_stream(), self.device)
         self.encoder = self.stream.encoder
         self.state = TrainState(scaler=self.engine.scaler)
         self.batch_size = cfg.train.batch_size
         self.stats = StepStats(self.device, cfg.logging.loss_buckets, cfg.ect.P_mean, cfg.ect.P_std)
         self.status_every = Interval(cfg.train.status_nimg)
-        fwd_flops = model_stats(cfg.network)["fwd_flops"]
-        self.compute = ComputeMeter(
-            flops_per_image(self.objective.flop_passes(), {"online": fwd_flops}), self.device.type
-        )
-        self.init_compute = init_compute(self.init_meta, fwd_flops)  # Reported alongside, never added.
+        fwd_flops = {"online": model_stats(cfg.network)["fwd_flops"]}
+        if self.distill is not None:  # The teacher (guide, theta-) counted with their own FLOPs.
+            fwd_flops.update(self.distill.fwd_flops(fwd_flops["online"]))
+        self.compute = ComputeMeter(flops_per_image(self.objective.flop_passes(), fwd_flops), self.device.type)
+        self.init_compute = init_compute(self.init_meta, fwd_flops["online"])  # Reported alongside, never added.
+        if self.distill is not None:
+            self.init_compute.update(self.distill.pretraining_compute(fwd_flops))
         self.outputs = EMAOutputs(
             cfg, self.run_dir, self.ema, self.engine, self.encoder, self.monitor, compute_record=self.compute_record
         )
@@ -148,17 +163,19 @@ class Trainer:
         self._record_config()  # Every check has passed (folder, data, init file, checkpoint compatibility).
         self.session_start_nimg = self.state.nimg
         self.monitor.start(self.state.nimg)
-        self.monitor.config_table(
-            config_rows(
-                cfg,
-                params=param_count(self.engine.param_shapes),
-                rounds=self.engine.rounds,
-                world_size=self.world_size,
-                device_type=self.device.type,
-                ema_profiles=self.ema.profiles,
-                resumed_nimg=self.state.nimg if resumed else None,
-            )
+        rows = config_rows(
+            cfg,
+            params=param_count(self.engine.param_shapes),
+            rounds=self.engine.rounds,
+            world_size=self.world_size,
+            device_type=self.device.type,
+            ema_profiles=self.ema.exported,
+            resumed_nimg=self.state.nimg if resumed else None,
         )
+        if self.distill is not None:
+            at = [key for key, _ in rows].index("objective")
+            rows[at:at] = self.distill.rows()
+        self.monitor.config_table(rows)
         if resumed:
             self.outputs.after_resume(self.state.nimg, self.batch_size)
         self._data_iter: Iterator = iter(self.stream)
@@ -313,6 +330,8 @@ class Trainer:
         self.watchdog.at("step")
         self.precision.before_step(nimg, self._probe)
         t0 = time.time()
+        if self.distill is not None:
+            self.distill.before_step(eng.mode)  # Frozen networks follow the precision mode; CD gathers theta-.
         if cfg.engine.compile and cfg.engine.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # New iteration: earlier CUDA-graph outputs may be reused.
         bad = torch.zeros((), dtype=torch.float32, device=self.device)
@@ -379,7 +398,7 @@ class Trainer:
         scalars = s.reduce()
         self.state.nonfinite_targets += int(scalars["Loss/nonfinite_targets"])
         img_per_sec = s.images / max(wall_sec, 1e-9)
-        if cfg.ect.objective != "diffusion":  # The diffusion teacher has no stages.
+        if cfg.ect.objective in ("ect", "ecd"):  # The diffusion teacher and CD have no ECT stages.
             scalars.update(
                 {
                     "ECT/stage": float(stage_at(max(nimg - self.batch_size, 0), cfg.ect)),

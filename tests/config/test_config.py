@@ -88,6 +88,12 @@ def test_base_inheritance_and_cycle(tmp_path):
         load_config(str(tmp_path / "c.yaml"))
 
 
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  total_nimg: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line 3, column 1 .*Fix: correct the YAML"):
+        load_config(str(tmp_path / "bad.yaml"))
+
+
 def test_immutable_fields_exclude_speed_options():
     a = load_config(None, URL + ["--network.preset=tiny-latent"])
     b = load_config(

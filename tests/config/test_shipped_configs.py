@@ -19,6 +19,8 @@ def test_configs_exist():
 def test_config_parses(path):
     cfg = load_config(path)
     assert cfg.train.batch_size % cfg.train.batch_gpu == 0
-    if "base" not in os.path.basename(path) and "img" in os.path.basename(path):
-        assert cfg.network.preset and cfg.network.preset in os.path.basename(path).replace("ect-", "edm2-")
-        assert cfg.ect.objective == "ect" and cfg.network.dropout_res == 16
+    name = os.path.basename(path)
+    if "base" not in name and "img" in name:  # ect-img512-s.yaml: objective ect, preset edm2-img512-s; ecd-...: ecd.
+        objective, rest = name.split("-", 1)
+        assert cfg.network.preset and cfg.network.preset in "edm2-" + rest
+        assert cfg.ect.objective == objective and cfg.network.dropout_res == 16

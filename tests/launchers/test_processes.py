@@ -45,10 +45,15 @@ def _tree(root: int) -> dict[int, str]:
         found |= more
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> str:
+    return make_digits(str(tmp_path_factory.mktemp("digits")))
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 @pytest.mark.parametrize("victim", ["ranks", "launcher", "deepspeed"])
-def test_nothing_outlives_a_killed_run(tmp_path, victim):
-    manifest = make_digits(str(tmp_path / "digits"))
+def test_nothing_outlives_a_killed_run(tmp_path, victim, digits):
+    manifest = digits
     cmd = (
         [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
         + TEACHER[1:]
@@ -115,6 +120,7 @@ def _second_run_is_refused(run_dir, holder: int) -> None:
     line = assert_one_line_error(proc, f"error: {run_dir} is in use by another run (host ")
     assert f", pid {holder}, started " in line and "Fix: wait for that run to end or stop it" in line
     assert (run_dir / "config.yaml").read_text() == config and len(os.listdir(run_dir / "configs")) == 1
+    assert not (run_dir / "logs").exists() and "(full log:" not in proc.stderr  # Nothing written there.
 
 
 def test_two_single_process_runs_at_once_both_finish(tmp_path):

@@ -81,10 +81,12 @@ def test_a_run_whose_lease_was_taken_over_learns_it(s3_bucket):
     lost = []
     lock = FolderLock(f"{s3_bucket}/ckpts", stale_s=0.4, on_lost=lost.append)
     lock.acquire()
-    _put_record(f"{s3_bucket}/ckpts", _foreign(renewed_ago=0))  # Another run took the folder (this one looked dead).
     deadline = time.monotonic() + 5
     while not lost and time.monotonic() < deadline:
-        time.sleep(0.05)
+        # Another run took the folder (this one looked dead to it) and renews it. A renewal of this run that read
+        # the record just before may write it back once; then the other run's next renewal notices (one stops).
+        _put_record(f"{s3_bucket}/ckpts", _foreign(renewed_ago=0))
+        time.sleep(0.1)
     assert lost and "was taken over by another run (host node-elsewhere" in lost[0]
     lock.release()
     assert lock.read()["host"] == "node-elsewhere"  # Releasing never overwrites the new holder's record.
@@ -119,3 +121,18 @@ def test_a_refused_start_changes_no_config_and_a_started_one_keeps_history(tmp_p
     third.clear_done()
     assert not os.path.exists(os.path.join(run_dir, "DONE"))
     third.release()
+
+
+@pytest.mark.slow  # botocore's connection attempts.
+def test_an_unreachable_store_is_one_line_when_taking_its_lock(monkeypatch):
+    from ect_scale.data.storage import StorageOptions, filesystem
+    from ect_scale.runtime.errors import UserError
+    from tests.distributed import free_port
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    nowhere = StorageOptions(endpoint_url=f"http://127.0.0.1:{free_port()}", connect_timeout_s=1, retries=1)
+    with pytest.raises(UserError) as info:
+        FolderLock("s3://bucket/run", fs=filesystem("s3://bucket/run", nowhere)[0]).acquire()
+    assert str(info.value).startswith("cannot take the lock s3://bucket/run/LOCK: EndpointConnectionError: ")
+    assert "Fix: check that the store is up and reachable from this node" in str(info.value)

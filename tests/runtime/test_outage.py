@@ -92,5 +92,5 @@ def test_the_status_line_shows_the_time_lost():
 
     quiet = status_line(12.8, {"Loss/mean": 0.5, "Data/outage_sec": 0.0, "Checkpoint/outage_sec": 0.0}, 25.6)
     assert "outage" not in quiet
-    line = status_line(12.8, {"Loss/mean": 0.5, "Data/outage_sec": 31.6, "Checkpoint/outage_sec": 0.4}, 25.6)
-    assert "  outage 0:00:32  eta " in line
+    line = status_line(12.8, {"Loss/mean": 0.5, "Data/outage_sec": 31.6, "Checkpoint/outage_sec": 20.2}, 25.6)
+    assert "  outage 0:00:32  eta " in line  # The two overlap when one store serves both: the longer one.

@@ -1,7 +1,7 @@
 """Which processes end with their launcher (stand-ins for the launchers, the real entry point): a rank of the deepspeed
 launcher exits once the `deepspeed` command (its grandparent) is gone, even though its direct parent (`launch`)
 lives on; a plain `python launchers/...` process is never tied to the shell that started it (nohup, setsid). The
-real launchers: tests/launchers/test_processes.py."""
+real `deepspeed` command: tests/launchers/test_processes.py::test_nothing_outlives_a_killed_run[deepspeed]."""
 
 import os
 import signal
@@ -35,7 +35,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-@pytest.mark.parametrize("launched_by", ["deepspeed", "shell"])
+@pytest.mark.parametrize("launched_by", ["deepspeed", "shell"])  # The real deepspeed command: test_processes.py.
 def test_a_rank_ends_with_the_deepspeed_command_and_a_plain_run_outlives_its_shell(launched_by):
     env = dict(os.environ, CROSS_RANK="0") if launched_by == "deepspeed" else dict(os.environ)
     env.pop("TORCHELASTIC_RUN_ID", None)

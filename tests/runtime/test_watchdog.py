@@ -1,7 +1,7 @@
 """The hang watchdog: steady progress never trips it; a section that lasts too long is reported with the rank, the
 section and every thread's stack in the run's log, including a read stuck on a stalled store (a real one: the
 loopback S3 server behind a proxy that stops answering). The full path (two ranks, the exit code, the other rank's
-stacks) is tested in tests/launchers/test_hangs.py."""
+stacks) is tested in tests/launchers/test_faults.py."""
 
 import time
 

@@ -166,11 +166,14 @@ def test_bad_points_are_user_errors():
         split_usable([Point("w16", 1, 0, 1, -1.0, metrics={"fd": 3.0})], "fd")
 
 
-def test_the_scaling_package_imports_only_numpy_scipy_matplotlib_and_errors():
+def test_the_fit_modules_import_only_numpy_scipy_matplotlib_and_errors():
+    """The fits stay usable without torch; the sweep modules (sweep, plan, runner, collect, slurm, study) use the
+    package's config, trainer records and checkpoints."""
     folder = os.path.join(REPO, "ect_scale", "scaling")
     allowed = ("numpy", "scipy", "matplotlib", "ect_scale.runtime.errors", "ect_scale.scaling", "__future__")
+    fit_modules = ("points", "fit", "holdout", "frontier", "report", "markdown", "plot")
     for name in os.listdir(folder):
-        if name.endswith(".py"):
+        if name.endswith(".py") and name[:-3] in fit_modules:
             tree = ast.parse(open(os.path.join(folder, name)).read())
             for node in ast.walk(tree):
                 names = (

@@ -2,7 +2,7 @@
 """Multi-GPU (NCCL) counterparts of the CPU parity tests: ZeRO 1/2/3 agree, forced weight norms hold on the
 fp32 masters, and the sharded power EMA equals a reference computed from the consolidated weights.
 
-    torchrun --nproc_per_node 2 benchmarks/gpu_parity.py        (or deepspeed --num_gpus 2 ...)
+    torchrun --nproc_per_node 2 benchmarks/multigpu_parity.py        (or deepspeed --num_gpus 2 ...)
 Prints one JSON line on rank 0; exits non-zero if a check fails.
 """
 

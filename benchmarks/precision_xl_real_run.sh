@@ -37,7 +37,7 @@ touch "$G/ready.realrun"
 wait
 
 log "official ECT step, XL fp32/TF32 (alone on the GPU)"
-timeout 90 python3 benchmarks/official_ect_step.py --repo .official --preset xl --precision fp32 --steps 8 \
+timeout 90 PYTHONPATH=.official python3 benchmarks/official_ect_step.py --preset xl --precision fp32 --steps 8 \
   --out "$R/official.jsonl" > "$O/official-xl-fp32.log" 2>&1; log "official xl fp32 rc=$?"
 cat "$R"/bench.jsonl "$R"/official.jsonl 2>/dev/null | cut -c1-400 | tee -a "$R/round13c.txt"
 cp "$V"/run/stats.jsonl "$R/realrun-stats.jsonl" 2>/dev/null

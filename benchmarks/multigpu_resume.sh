@@ -11,10 +11,10 @@
 # continue at 160 images after leg A's 128 and end at 256, every loss finite, no skipped steps; the checkpoints'
 # trainer.json say world_size 4 (128) and 2 (256).
 #
-#   bash benchmarks/gpu_resume.sh                               # GPU host: sources benchmarks/setup_gpu.sh
-#   DS_ACCELERATOR=cpu bash benchmarks/gpu_resume.sh            # CPU (gloo), also used when nvidia-smi is absent
-#   NA=2 NB=1 DS_ACCELERATOR=cpu bash benchmarks/gpu_resume.sh  # other world sizes (batch 16 must divide)
-#   ZERO=2 TRAIN_EXTRA='--engine.compile=true' bash benchmarks/gpu_resume.sh   # ZeRO-2, extra train.py overrides
+#   bash benchmarks/multigpu_resume.sh                               # GPU host: sources benchmarks/setup_gpu.sh
+#   DS_ACCELERATOR=cpu bash benchmarks/multigpu_resume.sh            # CPU (gloo), also used when nvidia-smi is absent
+#   NA=2 NB=1 DS_ACCELERATOR=cpu bash benchmarks/multigpu_resume.sh  # other world sizes (batch 16 must divide)
+#   ZERO=2 TRAIN_EXTRA='--engine.compile=true' bash benchmarks/multigpu_resume.sh   # ZeRO-2, extra train.py overrides
 #
 # Logs in ${OUT:-/tmp}: resume_run.log (both legs) and resume_result.json; the run itself in a scratch folder.
 # Last line: "gpu_resume: PASS ..." or "gpu_resume: FAIL ...". Exit status 0 only on PASS.
@@ -58,7 +58,6 @@ ARGS=(--config configs/ect-img512-base.yaml "--run_dir=$RUN" --network.preset=ti
 PROBE=$WORK/resume_probe.py
 cat >"$PROBE" <<'EOF'
 import argparse, json, os, sys
-sys.path.insert(0, os.environ["REPO"])
 from ect_scale.runtime import dist
 from ect_scale.config import load_config
 from ect_scale.train.trainer import Trainer

@@ -16,9 +16,9 @@
 # skipped samples); the server's access log shows GETs of all 8 shards (data came over S3) and the checkpoint's
 # COMPLETE marker PUT; ckpt-000000000384 is complete in the bucket and exports.
 #
-#   bash benchmarks/gpu_s3_run.sh                        # GPU host: sources benchmarks/setup_gpu.sh (wheels in .whl/)
-#   DS_ACCELERATOR=cpu bash benchmarks/gpu_s3_run.sh     # CPU (gloo), also used when nvidia-smi is absent
-#   TRAIN_EXTRA='--engine.zero_stage=2' bash benchmarks/gpu_s3_run.sh   # extra train.py overrides
+#   bash benchmarks/multigpu_s3_run.sh                        # GPU host: sources benchmarks/setup_gpu.sh (wheels in .whl/)
+#   DS_ACCELERATOR=cpu bash benchmarks/multigpu_s3_run.sh     # CPU (gloo), also used when nvidia-smi is absent
+#   TRAIN_EXTRA='--engine.zero_stage=2' bash benchmarks/multigpu_s3_run.sh   # extra train.py overrides
 #
 # Logs in ${OUT:-/tmp}: s3_server.log (access log), s3_run.log (all steps), s3_result.json. Scratch elsewhere.
 # Last line: "gpu_s3_run: PASS ..." or "gpu_s3_run: FAIL ...". Exit status 0 only on PASS.

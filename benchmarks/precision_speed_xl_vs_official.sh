@@ -21,7 +21,7 @@ gated xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 
 wait
 log "official ECT step, XL (alone on the GPU)"
 for prec in fp32 fp16; do
-  timeout 100 python3 benchmarks/official_ect_step.py --repo .official --preset xl --precision $prec --steps 8 \
+  timeout 100 PYTHONPATH=.official python3 benchmarks/official_ect_step.py --preset xl --precision $prec --steps 8 \
     --out "$R/official.jsonl" > "$O/official-xl-$prec.log" 2>&1
   log "official xl $prec rc=$? $(grep -E '^\{' "$O/official-xl-$prec.log" | tail -1 | cut -c1-200)"
 done

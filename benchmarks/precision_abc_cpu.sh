@@ -5,7 +5,7 @@
 # (tools/precision_report.py --grads). CPUs without native half-precision kernels run bf16/fp16 10-16x slower
 # than fp32, so the ECT runs are a quarter of the quickstart's (4 stages of 1,920 images; override with ECT_NIMG).
 # Usage, after launchers/quickstart.sh has made runs/quickstart:
-#   [MODES="fp32 fp16 bf16"] bash benchmarks/cpu_abc.sh [RUN=runs/quickstart] [OUT=runs/cpu-abc]
+#   [MODES="fp32 fp16 bf16"] bash benchmarks/precision_abc_cpu.sh [RUN=runs/quickstart] [OUT=runs/cpu-abc]
 # Re-running resumes: a finished ECT run is only scored again, and the teacher's report is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."

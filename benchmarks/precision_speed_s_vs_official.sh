@@ -22,7 +22,7 @@ gated xl-bf16 29625 --preset edm2-img512-xl "${RO[@]}" --precision bf16 --steps 
 wait
 log "official ECT step (alone on the GPU)"
 for p in s xl; do for prec in fp32 fp16; do
-  timeout 90 python3 benchmarks/official_ect_step.py --repo .official --preset $p --precision $prec \
+  timeout 90 PYTHONPATH=.official python3 benchmarks/official_ect_step.py --preset $p --precision $prec \
     --steps $([[ $p == s ]] && echo 20 || echo 8) --out "$R/official.jsonl" > "$O/official-$p-$prec.log" 2>&1
   log "official $p $prec rc=$? $(grep -E '^\{' "$O/official-$p-$prec.log" | tail -1 | cut -c1-200)"
 done; done

@@ -7,6 +7,6 @@ source benchmarks/env.sh; round_env round8b
 XXL="--preset edm2-img512-xxl --sdpa --channels-last --batch-gpu 32 --accum 8 --steps 2 --warmup 1"
 b 8 150 $XXL --zero-stage 3
 b 8 150 $XXL --zero-stage 2
-echo "== resume 8 -> 4 (ZeRO-3)"; NA=8 NB=4 ZERO=3 TRAIN_EXTRA='--train.batch_gpu=2' timeout 150 bash benchmarks/gpu_resume.sh > $O/resume.log 2>&1; echo "rc=$?"; tail -2 $O/resume.log
+echo "== resume 8 -> 4 (ZeRO-3)"; NA=8 NB=4 ZERO=3 TRAIN_EXTRA='--train.batch_gpu=2' timeout 150 bash benchmarks/multigpu_resume.sh > $O/resume.log 2>&1; echo "rc=$?"; tail -2 $O/resume.log
 echo "== FID bench (8 GPUs, 50k)"; timeout 200 python3 tools/bench_fid.py --gpus 8 --num-samples 50000 > $O/fid.log 2>&1; echo "rc=$?"; grep BENCH_RESULT $O/fid.log | cut -c1-700
 collect round8b

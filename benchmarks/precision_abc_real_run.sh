@@ -11,7 +11,7 @@
 # The GPU tests of the precision modes (pytest -m gpu) run alongside steps 1-2; PREC512=s,xl adds the compiled
 # precision report at ImageNet-512 shapes during step 3. The teacher and the ECT runs export their EMAs
 # periodically and are stopped by a time limit if they run long. The results in docs/precision.md came from
-# `PREC512=s bash benchmarks/round13b.sh`, which needed 600 s of an H200 and was cut off during the last
+# `PREC512=s bash benchmarks/precision_abc_real_run.sh`, which needed 600 s of an H200 and was cut off during the last
 # evaluation (the teacher's, taken from an earlier call with the same EMA file): give it 660 s, or run it where
 # a call may last longer.
 # SMOKE=1 runs the same pipeline with a tiny network on the CPU (seconds of training), to check the script.
