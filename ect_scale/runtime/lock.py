@@ -19,22 +19,32 @@ the store is restarting). On object storage the takeover is a read-check-write, 
 the same second on one folder could both proceed; everything later (renewals) detects that and stops one of them.
 If the record is taken over while the run is alive (it could not renew for `stale_s`, e.g. a store outage), the
 run learns it at its next renewal and stops (`on_lost`).
+
+On object storage, taking the lock rides out a store outage (`runtime/outage.py`: refused or dropped connections,
+timeouts, 5xx, and 404s for a record being written or just written, as from a store restarting) for
+`outage_window_s` (the trainer passes `checkpoint.outage_window_s`), then stops with one line (`StoreOutageError`).
+An outage restarts the whole read-check-write, so the record checked is one the store answered with. Releasing rides
+out up to `RELEASE_WINDOW_S` (a record left unreleased is recognised as dead anyway); renewals retry at the next one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ect_scale.runtime.errors import ConfigError, UserError
+from ect_scale.runtime.outage import OutageClock, error_codes, is_missing, outage_reason, ride_out
 
 LOCK_NAME = "LOCK"
 STALE_S = 600.0  # A holder on another host that has not renewed its lock for this long counts as dead.
+RELEASE_WINDOW_S = 30.0  # Releasing waits at most this long for a store that is out (not a whole outage window).
+OPTION = "checkpoint.outage_window_s"  # The option that sets how long taking the lock rides out an outage.
 _HELD: dict[str, "FolderLock"] = {}  # The locks this process holds, by lock path.
 
 
@@ -93,14 +103,18 @@ class FolderLock:
         stale_s: float = STALE_S,
         on_lost: Optional[Callable[[str], None]] = None,
         fs=None,
+        outage_window_s: float = 0.0,
     ):
-        """`fs`: the fsspec filesystem of an object-storage folder (default: fsspec's for its protocol)."""
+        """`fs`: the fsspec filesystem of an object-storage folder (default: fsspec's for its protocol);
+        `outage_window_s`: how long taking the lock there rides out a store outage (0: one attempt)."""
         self.folder = folder.rstrip("/") or "/"
         self.local = "://" not in folder or folder.startswith("file://")
         self.path = (folder.removeprefix("file://") if self.local else self.folder).rstrip("/") + "/" + LOCK_NAME
         self.key = os.path.abspath(self.path) if self.local else self.path
         self.stale_s = stale_s
         self.on_lost = on_lost
+        self.outage_window_s = outage_window_s
+        self.clock = OutageClock(f"run folder lock {self.path}", logging.getLogger("ect_scale.runtime").warning)
         self.record: Optional[dict] = None
         self._fd: Optional[int] = None
         self._fs = fs
@@ -119,7 +133,10 @@ class FolderLock:
         return self._filesystem()._strip_protocol(self.path)
 
     def read(self) -> Optional[dict]:
-        """The current record, or None if there is none (or it is unreadable)."""
+        """The current record, or None if there is none (or it is unreadable). One attempt: store errors pass."""
+        return self._read(missing_ok=True)
+
+    def _read(self, missing_ok: bool) -> Optional[dict]:
         try:
             if self.local:
                 with open(self.path) as f:
@@ -130,8 +147,10 @@ class FolderLock:
                 text = fs.cat_file(self._object_path()).decode()
             return json.loads(text) if text.strip() else None
         except FileNotFoundError:
+            if not missing_ok:
+                raise
             return None
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # Not JSON (or not UTF-8): no record.
             return None
 
     def _write(self, record: dict) -> None:
@@ -161,42 +180,51 @@ class FolderLock:
 
     def _acquire(self) -> Optional[dict]:
         """Take the folder; returns the record of a dead holder that was taken over (None if the folder was free).
-        Raises `FolderBusyError` if a live run holds it. A lock of this very process (a run object that failed to
-        start and was not released, or a release that could not reach the store) is taken without a note."""
+        Raises `FolderBusyError` if a live run holds it, `StoreOutageError` if the store stays out for longer than
+        `outage_window_s`. A lock of this very process (a run object that failed to start and was not released, or
+        a release that could not reach the store) is taken without a note."""
         earlier = _HELD.get(self.key)
         if earlier is not None and earlier is not self:
             earlier.release()
         if self.local:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._flock()
+        try:
+            previous = self._ride("taking the lock", self._take, self.outage_window_s, OPTION)
+        except BaseException:
+            self._unflock()
+            raise
+        self._start_renewals()
+        _HELD[self.key] = self
+        dead = previous is not None and not previous.get("released")
+        return previous if dead else None
+
+    def _take(self) -> Optional[dict]:
+        """Read the record, refuse a live holder, write ours (object storage: and check that ours stayed); returns
+        the previous record (None where there was none or it was this process's)."""
         previous = self.read()
         if previous is not None and _mine(previous):
             previous = None  # Left by this process (a release that could not reach the store): not another run.
         if previous is not None and holder_alive(previous, self.stale_s):
-            self._unflock()
             raise self._busy(previous)
-        token = uuid.uuid4().hex
         now = time.time()
-        self.record = {
+        record = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "process_start": process_start(os.getpid()),
             "started": now,
             "renewed": now,
-            "token": token,
+            "token": uuid.uuid4().hex,
             "released": False,
         }
-        self._write(self.record)
+        self._write(record)
         if not self.local:
             time.sleep(0.2)  # Let a concurrent writer's record land, then check that ours is the one that stayed.
-            current = self.read()
-            if current is None or current.get("token") != token:
-                self.record = None
+            current = self._read(missing_ok=False)  # A 404 for the record just written: the store is restarting.
+            if current is None or current.get("token") != record["token"]:
                 raise self._busy(current or {})
-        self._start_renewals()
-        _HELD[self.key] = self
-        dead = previous is not None and not previous.get("released")
-        return previous if dead else None
+        self.record = record
+        return previous
 
     def release(self) -> None:
         """Mark the record released (if it is still ours) and stop renewing; safe to call twice."""
@@ -207,13 +235,40 @@ class FolderLock:
         if _HELD.get(self.key) is self:
             del _HELD[self.key]
         if record is not None:
+            window_s = min(self.outage_window_s, RELEASE_WINDOW_S)
             try:
-                current = self.read()
-                if current is None or current.get("token") == record["token"]:
-                    self._write({**record, "released": True, "renewed": time.time()})
+                self._ride("releasing the lock", lambda: self._mark_released(record), window_s, "releasing the run")
             except Exception:  # noqa: BLE001 - best effort: a dead holder is recognised anyway
                 pass
         self._unflock()
+
+    def _mark_released(self, record: dict) -> None:
+        current = self.read()
+        if current is None or current.get("token") == record["token"]:
+            self._write({**record, "released": True, "renewed": time.time()})
+
+    # ------------------------------------------------------------------ outages (object storage)
+    def _ride(self, what: str, fn: Callable[[], Any], window_s: float, option: str) -> Any:
+        """`fn()`, riding out a store outage for `window_s` (object storage; local: just `fn()`)."""
+        if self.local:
+            return fn()
+        return ride_out(
+            fn,
+            window_s=window_s,
+            option=option,
+            clock=self.clock,
+            what=f"{what} {self.path}",
+            classify=self._outage,
+            on_retry=lambda: self._filesystem().invalidate_cache(),
+        )
+
+    def _outage(self, error: BaseException) -> Optional[str]:
+        """An outage (see `runtime/outage.py`), or a 404 for the record being written or just written (a missing
+        record is no error when reading it; a missing bucket is no outage)."""
+        reason = outage_reason(error)
+        if reason is None and is_missing(error) and "NoSuchBucket" not in error_codes(error):
+            reason = f"404 for {self.path} while writing it: the store is restarting?"
+        return reason
 
     def _busy(self, holder: dict) -> FolderBusyError:
         return FolderBusyError(

@@ -108,6 +108,11 @@ def is_missing(exc: BaseException) -> bool:
     return False
 
 
+def error_codes(exc: BaseException) -> set[str]:
+    """The S3 error codes of `exc` and of the exceptions it was raised from (e.g. {"NoSuchBucket"})."""
+    return {code for e in _chain(exc) if (code := _response(e)[0])}
+
+
 def backoff_s(attempt: int) -> float:
     """Capped exponential back-off with jitter: about 0.5, 1, 2, 4, 8, 10, 10, ... s."""
     return min(FIRST_BACKOFF_S * 2.0**attempt, MAX_BACKOFF_S) * random.uniform(0.5, 1.0)

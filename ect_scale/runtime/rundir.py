@@ -45,13 +45,17 @@ class RunFolder:
         stale_s: float = STALE_S,
         on_lost: Optional[Callable[[str], None]] = None,
         checkpoint_fs=None,
+        outage_window_s: float = 0.0,
     ):
         """`checkpoint_dir`: a checkpoint folder outside `run_dir` (local, shared or object storage), locked too;
-        `checkpoint_fs`: its fsspec filesystem (object storage)."""
+        `checkpoint_fs`: its fsspec filesystem (object storage); `outage_window_s`: how long taking its lock rides
+        out a store outage (`checkpoint.outage_window_s`)."""
         self.run_dir = run_dir
         self.locks = [FolderLock(run_dir, stale_s, on_lost)]
         if checkpoint_dir is not None:
-            self.locks.append(FolderLock(checkpoint_dir, stale_s, on_lost, fs=checkpoint_fs))
+            self.locks.append(
+                FolderLock(checkpoint_dir, stale_s, on_lost, fs=checkpoint_fs, outage_window_s=outage_window_s)
+            )
         self.started = time.time()
 
     def acquire(self) -> list[str]:

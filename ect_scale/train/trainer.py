@@ -191,7 +191,13 @@ class Trainer:
             from ect_scale.data.storage import StorageOptions, filesystem
 
             fs = filesystem(ckpt.dir, StorageOptions().resolved())[0]
-        folder = RunFolder(self.run_dir, ckpt.dir if separate else None, on_lost=self._folder_lost, checkpoint_fs=fs)
+        folder = RunFolder(
+            self.run_dir,
+            ckpt.dir if separate else None,
+            on_lost=self._folder_lost,
+            checkpoint_fs=fs,
+            outage_window_s=ckpt.outage_window_s,  # Taking an object store's lock rides out an outage.
+        )
 
         def acquire() -> list[str]:
             notes = folder.acquire()
