@@ -15,9 +15,11 @@
 #      benchmarks/s3_server.py); the killed run reaches it through the fault proxy of issue 22 part A
 #      (tests/runtime/store_proxy.py), which refuses every connection for $OUTAGES seconds (30 and 300 by default),
 #      $OUTAGE_DELAY s after the first sessions start training (outage_hook; OUTAGE_CMD replaces it). The
-#      uninterrupted run uses the server directly. A session's kill clock stands still while the store is out, so
-#      the session rides the outage out and is killed after it (KILL_DURING_OUTAGE=1 kills during it: the restart
-#      then starts while the store is out, which the run folder's lock does not ride out yet: reliability.md). STORE_KIND=local: local shards and checkpoints, outages only through OUTAGE_CMD.
+#      uninterrupted run uses the server directly. A session's kill clock runs on while the store is out, so a kill
+#      may strike during an outage and the restart then start while the store is still out (taking the run folder's
+#      lock and the resume ride it out); KILL_DURING_OUTAGE=0 stops the clock while the store is out (every session
+#      rides its outage out and is killed after it). STORE_KIND=local: local shards and checkpoints, outages only
+#      through OUTAGE_CMD.
 # Verified: $KILLS kills happened; every session ended by a kill or with exit 0; the victim's final checkpoint (online
 # weights and every EMA, consolidated), every EMA export (same tensors bit for bit, same metadata) and every stats
 # row's losses equal the reference's. fault_soak.json lists each session (kill, async or not, where it resumed).
@@ -85,14 +87,16 @@ ARGS=(--config configs/demo-digits.yaml "--init=$INIT" "--data.url=$DATA/manifes
       --logging.sample_grid=0 --logging.progress=plain --logging.tensorboard=false --train.status_nimg=640
       --eval.interval_nimg=0 "${STORE[@]}")
 
-# One invocation of the run in its own process group; prints "<exit> <seconds> <how>" when it is over.
+# One invocation of the run in its own process group; prints "<exit> <seconds> <how> <store at launch> <store at the
+# kill>" when it is over (store: pass, or refuse while the fault proxy refuses connections).
 # $1 run dir, $2 session log, $3 kill mode (none | launch | training), $4 delay (s), $5 async_save.
 session() {
   local run=$1 slog=$2 mode=$3 delay=$4 async=$5 t=$SECONDS env=("${DIRECT[@]}") ckpt=$REF_CKPT
   [[ $run == "$WORK/run" ]] && env=("${THROUGH[@]}") && ckpt=$RUN_CKPT
   "${env[@]}" setsid "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launchers/train.py "${ARGS[@]}" \
     "--run_dir=$run" "--checkpoint.dir=$ckpt" "--checkpoint.async_save=$async" >"$slog" 2>&1 &
-  local pid=$! how=finished rows
+  local pid=$! how=finished rows at_start at_kill=-
+  at_start=$(cat "$WORK/mode" 2>/dev/null || echo pass)
   rows=$(cat "$run/stats.jsonl" 2>/dev/null | wc -l)
   if [[ $mode != none ]]; then
     if [[ $mode == training ]]; then  # The clock starts at the session's first status row: training is under way.
@@ -103,15 +107,16 @@ session() {
     local left=$(( delay * 5 ))  # Fifths of a second; the clock stands still while the store is out (see below).
     while kill -0 "$pid" 2>/dev/null && (( left > 0 )); do
       sleep 0.2
-      [[ ${KILL_DURING_OUTAGE:-0} == 1 || $(cat "$WORK/mode" 2>/dev/null) != refuse ]] && left=$(( left - 1 ))
+      [[ ${KILL_DURING_OUTAGE:-1} == 1 || $(cat "$WORK/mode" 2>/dev/null) != refuse ]] && left=$(( left - 1 ))
     done
     if kill -0 "$pid" 2>/dev/null; then
+      at_kill=$(cat "$WORK/mode" 2>/dev/null || echo pass)
       kill -KILL -- "-$pid" 2>/dev/null; how=killed
     fi
   fi
   wait "$pid"; local rc=$?
   for p in $(pgrep -f -- "--run_dir=$run" || true); do kill -KILL "$p" 2>/dev/null; done  # Anything left over.
-  echo "$rc $(( SECONDS - t )) $how"
+  echo "$rc $(( SECONDS - t )) $how $at_start $at_kill"
 }
 
 # Store outages during the victim's sessions, $OUTAGE_DELAY s after the session's first status row (a kill may then
@@ -132,7 +137,7 @@ outage_hook() {
 
 echo "== reference" >>"$LOG"
 if ! grep -q "^Finished" "$WORK/ref.log" 2>/dev/null; then
-  read -r rc secs how < <(session "$WORK/ref" "$WORK/ref.log" none 0 true)
+  read -r rc secs how at_start at_kill < <(session "$WORK/ref" "$WORK/ref.log" none 0 true)
   cat "$WORK/ref.log" >>"$LOG"
   echo "{\"session\": \"reference\", \"exit\": $rc, \"sec\": $secs}" >>"$SESSIONS"
   echo "reference: exit $rc after $secs s"
@@ -146,14 +151,14 @@ for (( k = 1; k <= KILLS; k++ )); do
   async=true; (( k % 3 == 0 )) && async=false
   (( k <= ${#OUT_LIST[@]} )) && outage_hook "${OUT_LIST[k-1]}"
   slog=$WORK/session$k.log
-  read -r rc secs how < <(session "$WORK/run" "$slog" "$mode" "$delay" "$async")
+  read -r rc secs how at_start at_kill < <(session "$WORK/run" "$slog" "$mode" "$delay" "$async")
   { echo "== session $k: kill $mode+${delay}s async=$async -> $how (exit $rc, $secs s)"; cat "$slog"; } >>"$LOG"
   resumed=$(grep -o "resumed from [^ ]* at [0-9,]* images" "$slog" 2>/dev/null | head -1)
-  echo "{\"session\": $k, \"mode\": \"$mode\", \"delay\": $delay, \"async\": $async, \"how\": \"$how\", \"exit\": $rc, \"sec\": $secs, \"resumed\": \"$resumed\", \"trained\": $(grep -q '^kimg ' "$slog" 2>/dev/null && echo true || echo false)}" >>"$SESSIONS"
-  echo "session $k: kill $mode+${delay}s async=$async -> $how (exit $rc, $secs s) ${resumed}"
+  echo "{\"session\": $k, \"mode\": \"$mode\", \"delay\": $delay, \"async\": $async, \"how\": \"$how\", \"exit\": $rc, \"sec\": $secs, \"resumed\": \"$resumed\", \"store_at_launch\": \"$at_start\", \"store_at_kill\": \"$at_kill\", \"trained\": $(grep -q '^kimg ' "$slog" 2>/dev/null && echo true || echo false)}" >>"$SESSIONS"
+  echo "session $k: kill $mode+${delay}s async=$async -> $how (exit $rc, $secs s; store $at_start at launch, $at_kill at the kill) ${resumed}"
   [[ $how == finished && $rc == 0 ]] && break  # A crash (not a kill) is a failure of the soak; it goes on.
 done
-read -r rc secs how < <(session "$WORK/run" "$WORK/final.log" none 0 true)
+read -r rc secs how at_start at_kill < <(session "$WORK/run" "$WORK/final.log" none 0 true)
 { echo "== final session: exit $rc"; cat "$WORK/final.log"; } >>"$LOG"
 echo "{\"session\": \"final\", \"exit\": $rc, \"sec\": $secs}" >>"$SESSIONS"
 echo "final session: exit $rc after $secs s"
@@ -209,13 +214,15 @@ for what in ["online"] + json.loads(ra.dest.read_text(ra.tag, "trainer.json"))["
     if sorted(sa) != sorted(sb) or not all(torch.equal(sa[k], sb[k]) for k in sa):
         fails.append(f"final checkpoint: {what} differs")
 resumed = sum(bool(s["resumed"]) for s in victim)
-info = {"kills": kills, "sessions": len(victim) + 1, "resumed_sessions": resumed, "exports": len(exports),
+out_kills = sum(s.get("store_at_kill") == "refuse" for s in victim)  # Kills while the store was out ...
+out_starts = sum(s.get("store_at_launch") == "refuse" for s in victim)  # ... and sessions launched while it was.
+info = {"kills": kills, "kills_during_outage": out_kills, "launches_during_outage": out_starts, "sessions": len(victim) + 1, "resumed_sessions": resumed, "exports": len(exports),
         "stats_rows": len(a), "final_checkpoint": rb.display(), "wall_s": wall, "fails": fails,
         "outages": [s for s in sessions if "outage_s" in s], "victim_sessions": victim}
 json.dump(info, open(result_path, "w"), indent=1)
 for f in fails:
     print(f"  FAILED: {f}")
-print(f"fault_soak: {'PASS' if not fails else 'FAIL'} ({kills} SIGKILLs, {resumed} resumed sessions, {len(exports)} EMA exports "
+print(f"fault_soak: {'PASS' if not fails else 'FAIL'} ({kills} SIGKILLs ({out_kills} while the store was out, {out_starts} sessions launched while it was), {resumed} resumed sessions, {len(exports)} EMA exports "
       f"and {len(a)} stats rows compared, final {os.path.basename(rb.display())}, {wall} s); outages: "
       + (", ".join(f"{o['outage_s']} s " + ("skipped" if "skipped" in o else f"rc {o['rc']}") for o in info["outages"]) or "none"))
 sys.exit(1 if fails else 0)
