@@ -252,6 +252,21 @@ class Checkpointer:
             "in a row"
         )
 
+    def require_saved(self, nimg: int, what: str) -> None:
+        """Raise `CheckpointError` naming the latest complete checkpoint unless one at `nimg` is complete: a run
+        whose final (or stop) save failed must not end as if it had finished."""
+        if self.saved_at(nimg):
+            return
+        report = next((r for r in reversed(self.reports) if r.nimg == nimg), None)
+        errors = "; ".join(f"rank {r}: {e}" for r, e in sorted(report.errors.items())) if report else "not saved"
+        latest = self.dest.display(self.latest_complete) if self.latest_complete else "none"
+        raise CheckpointError(
+            f"{what} {tag_for(nimg)} at {nimg:,} images failed ({errors}); the latest complete checkpoint is "
+            f"{latest}",
+            f"free space or check access at {self.dest.url}, then re-run the same command: it resumes from the "
+            "latest complete checkpoint and trains on from there",
+        )
+
     def _check_failures(self) -> None:
         if self.outage is not None:
             what, fix = self.outage.outage

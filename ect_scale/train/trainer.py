@@ -288,6 +288,7 @@ class Trainer:
                 if stop:
                     if self.checkpointer is not None:
                         self.checkpointer.wait()  # The background writer commits the stop's checkpoint first.
+                        self.checkpointer.require_saved(after, "the checkpoint at the stop")
                     self.monitor.print(
                         f"Stopping at {after:,} images (preemption signal or slice end); "
                         "re-run the same command to resume."
@@ -304,6 +305,8 @@ class Trainer:
                         self.checkpointer.wait()
                 if self.outputs.exported_at != self.state.nimg:  # Not yet exported here.
                     self.outputs.export(self.state.nimg)
+                if self.checkpointer is not None:  # A failed final save is no finished run (no DONE, exit 2).
+                    self.checkpointer.require_saved(self.state.nimg, "the final checkpoint")
                 self._mark_done()
             self.monitor.print(*run_summary(self, time.time() - session_start))
             finished = True
