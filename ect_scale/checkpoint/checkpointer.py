@@ -261,8 +261,7 @@ class Checkpointer:
         errors = "; ".join(f"rank {r}: {e}" for r, e in sorted(report.errors.items())) if report else "not saved"
         latest = self.dest.display(self.latest_complete) if self.latest_complete else "none"
         raise CheckpointError(
-            f"{what} {tag_for(nimg)} at {nimg:,} images failed ({errors}); the latest complete checkpoint is "
-            f"{latest}",
+            f"{what} {tag_for(nimg)} at {nimg:,} images failed ({errors}); the latest complete checkpoint is {latest}",
             f"free space or check access at {self.dest.url}, then re-run the same command: it resumes from the "
             "latest complete checkpoint and trains on from there",
         )
