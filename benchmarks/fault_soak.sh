@@ -25,7 +25,7 @@
 # row's losses equal the reference's. fault_soak.json lists each session (kill, async or not, where it resumed).
 # WORK=<folder> reuses its data, teacher and finished reference (remove <folder>/run to start the victim again).
 #
-#   bash benchmarks/fault_soak.sh                         # 20 kills; 37 minutes on 2 loaded CPU cores (reliability.md)
+#   bash benchmarks/fault_soak.sh                         # 20 kills, S3 outages; 35 min on 2 CPU cores, teacher reused
 #   KILLS=5 bash benchmarks/fault_soak.sh                 # a shorter soak
 #   STORE_KIND=local bash benchmarks/fault_soak.sh         # local disk, no outages
 #
