@@ -12,6 +12,7 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["pytester", "tests.durations"]  # tests.durations: the `slow` marker checked against the run.
 
 
 def load_script(relpath: str):

@@ -6,7 +6,7 @@ import os
 from tests.conftest import REPO
 
 ENTRY_POINTS = {"launchers", "tools"}
-ROOT_TESTS = {"test_harness.py", "test_import_graph.py", "test_layout.py", "test_references.py"}
+ROOT_TESTS = {"test_durations.py", "test_harness.py", "test_import_graph.py", "test_layout.py", "test_references.py"}
 
 
 def _dirs(path: str) -> set[str]:
