@@ -56,6 +56,7 @@ def parse_args(argv=None):
         default=None,
         help="exit 0 if the seed mean of this method's 2-step FD reaches ECT's at some budget scored so far, else 1",
     )
+    ap.add_argument("--by", type=float, default=math.inf, help="with --reached: only budgets up to this (x ECT images)")
     return ap.parse_args(argv)
 
 
@@ -351,13 +352,14 @@ def duplicates(rows: list[dict]) -> dict:
     return out
 
 
-def reached(rows: list[dict], method: str) -> bool:
-    """Whether the seed mean of `method`'s 2-step FD (own t_mid) reaches ECT's at some budget scored so far."""
+def reached(rows: list[dict], method: str, by: float = math.inf) -> bool:
+    """Whether the seed mean of `method`'s 2-step FD (own t_mid) reaches ECT's at some budget scored so far, up to
+    `by` x ECT's images."""
     if not any(r["method"] == method for r in rows):
         return False
     _, _, ect = grid(rows, "ect", "fd2")
-    _, _, scores = grid(rows, method, "fd2")
-    return bool((scores.mean(0) <= ect[:, -1].mean()).any())
+    budgets, _, scores = grid(rows, method, "fd2")
+    return bool((scores.mean(0)[budgets <= by + 1e-9] <= ect[:, -1].mean()).any())
 
 
 def _ms(v: np.ndarray) -> str:
@@ -444,7 +446,7 @@ def main(argv=None) -> int:
     if args.score_only:
         return 0
     if args.reached:
-        return 0 if reached(rows, args.reached) else 1
+        return 0 if reached(rows, args.reached, args.by) else 1
     text, verdicts = report(rows, cache, args.boot)
     with open(os.path.join(args.root, "comparison.md"), "w") as f:
         f.write(text)
