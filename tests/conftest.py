@@ -3,7 +3,7 @@
 import os
 
 # Entry points run in-process here and the test session goes on: no stack dumps of a "finished" process
-# (ect_scale.runtime.procs.arm_exit_watchdog; tests/test_procs.py arms it explicitly).
+# (ect_scale.runtime.procs.arm_exit_watchdog; tests/runtime/test_procs.py arms it explicitly).
 os.environ.setdefault("ECT_SCALE_EXIT_WATCHDOG_S", "0")
 
 import pytest  # noqa: E402
