@@ -56,6 +56,7 @@ def parse_args(argv=None):
         default=None,
         help="exit 0 if the seed mean of this method's 2-step FD reaches ECT's at some budget scored so far, else 1",
     )
+    ap.add_argument("--by", type=float, default=math.inf, help="with --reached: only budgets up to this (x ECT images)")
     return ap.parse_args(argv)
 
 
@@ -215,8 +216,9 @@ class Scorer:
         return exports[key]
 
     def choose_t_mid(self, items: list[dict], values: list[float]) -> None:
-        """Each method's own t_mid: the best 2-step FD over `values` for its seed-0 export nearest ECT's budget
-        (once per method, when the method first has exports; the choice and the sweep are kept in the cache)."""
+        """Each method's own t_mid: the best 2-step FD over `values` for its seed-0 export at ECT's budget (once
+        per method, when that export exists; the recipe's until then; the choice and the sweep are kept in the
+        cache)."""
         chosen = self.cache.setdefault("t_mid_own", {})
         if "teacher" not in self.cache.setdefault("t_mid_sweep", {}):  # The start of every run, used as f(x, t).
             teacher = sorted(glob.glob(os.path.join(self.base, "teacher", "ema", "*.safetensors")))[-1]
@@ -226,9 +228,10 @@ class Scorer:
             self.cache["teacher_as_f"] = {"t_mid": best, "fd2": scores[best]["fd2"], "fd1": scores[best]["fd1"]}
         for method in sorted({i["method"] for i in items} - set(chosen)):
             mine = [i for i in items if i["method"] == method and i["seed"] == 0]
+            mine = [i for i in mine if int(i["nimg_file"]) == ECT_NIMG // 1000]
             if not mine:
                 continue
-            item = min(mine, key=lambda i: (abs(int(i["nimg_file"]) - ECT_NIMG // 1000), -int(i["nimg_file"])))
+            item = mine[0]
             fds = {v: self.score(item["path"], v)["fd2"] for v in values}
             chosen[method] = min(fds, key=fds.get)
             self.cache.setdefault("t_mid_sweep", {})[method] = {f"{v:g}": fd for v, fd in fds.items()}
@@ -299,6 +302,9 @@ def table(rows: list[dict], kind: str, boot: int) -> tuple[list[str], dict]:
         samples = bootstrap_k(ect_scores, ect_compute, compute, scores, boot)
         kmin, kmax = compute[0] / ect_compute, compute[-1] / ect_compute
         verdicts[method] = {"k": k, "text": describe_k(k, samples, kmin, kmax), "kmin": kmin, "kmax": kmax}
+        k1 = k_factor(ect_s1[:, -1], ect_compute, compute, scores1)  # 1 step: the same for every t_mid.
+        samples1 = bootstrap_k(ect_s1[:, -1], ect_compute, compute, scores1, boot)
+        verdicts[method].update(k1=k1, text1=describe_k(k1, samples1, kmin, kmax))
     return lines, verdicts
 
 
@@ -318,6 +324,8 @@ def report(rows: list[dict], cache: dict, boot: int) -> tuple[str, dict]:
         text += f"\n### 2 steps with {titles[kind]}\n\n" + "\n".join(lines) + "\n\n"
         for method, v in verdicts[kind].items():
             text += f"- {method.upper()} needs {v['text']} of ECT's training compute to reach ECT's 2-step FD.\n"
+            if kind == "own":
+                text += f"- {method.upper()} needs {v['text1']} of ECT's training compute to reach ECT's 1-step FD.\n"
     for (run_a, run_b, nimg), (fd_a, fd_b) in duplicates(rows).items():
         same = "the same" if fd_a == fd_b else f"DIFFERENT ({fd_a:.4f} vs {fd_b:.4f})"
         text += f"\nConsistency: {run_a} and {run_b} exported at {nimg:,} images score {same} (2 steps, own t_mid)."
@@ -344,13 +352,14 @@ def duplicates(rows: list[dict]) -> dict:
     return out
 
 
-def reached(rows: list[dict], method: str) -> bool:
-    """Whether the seed mean of `method`'s 2-step FD (own t_mid) reaches ECT's at some budget scored so far."""
+def reached(rows: list[dict], method: str, by: float = math.inf) -> bool:
+    """Whether the seed mean of `method`'s 2-step FD (own t_mid) reaches ECT's at some budget scored so far, up to
+    `by` x ECT's images."""
     if not any(r["method"] == method for r in rows):
         return False
     _, _, ect = grid(rows, "ect", "fd2")
-    _, _, scores = grid(rows, method, "fd2")
-    return bool((scores.mean(0) <= ect[:, -1].mean()).any())
+    budgets, _, scores = grid(rows, method, "fd2")
+    return bool((scores.mean(0)[budgets <= by + 1e-9] <= ect[:, -1].mean()).any())
 
 
 def _ms(v: np.ndarray) -> str:
@@ -437,7 +446,7 @@ def main(argv=None) -> int:
     if args.score_only:
         return 0
     if args.reached:
-        return 0 if reached(rows, args.reached) else 1
+        return 0 if reached(rows, args.reached, args.by) else 1
     text, verdicts = report(rows, cache, args.boot)
     with open(os.path.join(args.root, "comparison.md"), "w") as f:
         f.write(text)

@@ -3,7 +3,7 @@
 import os
 
 # Entry points run in-process here and the test session goes on: no stack dumps of a "finished" process
-# (ect_scale.runtime.procs.arm_exit_watchdog; tests/test_procs.py arms it explicitly).
+# (ect_scale.runtime.procs.arm_exit_watchdog; tests/runtime/test_procs.py arms it explicitly).
 os.environ.setdefault("ECT_SCALE_EXIT_WATCHDOG_S", "0")
 
 import pytest  # noqa: E402
@@ -12,6 +12,7 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["pytester", "tests.durations"]  # tests.durations: the `slow` marker checked against the run.
 
 
 def load_script(relpath: str):

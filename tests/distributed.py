@@ -109,3 +109,16 @@ def run_ranks(
     if errors:
         raise RuntimeError("distributed test failed:\n" + "\n".join(errors))
     return [results[r] for r in range(world_size)]
+
+
+def _cases_entry(rank: int, world_size: int, fn: Callable, cases: dict) -> dict:
+    return {key: fn(rank, world_size, *args) for key, args in cases.items()}
+
+
+def run_cases(
+    fn: Callable, cases: dict[Any, Sequence[Any]], world_size: int = 2, timeout: float = 600
+) -> dict[Any, list[Any]]:
+    """Run `fn(rank, world_size, *args)` for every case in ONE set of `world_size` processes, one case after the
+    other (process start-up and imports paid once); return {case: results in rank order}."""
+    per_rank = run_ranks(_cases_entry, world_size, args=(fn, dict(cases)), timeout=timeout)
+    return {key: [r[key] for r in per_rank] for key in cases}

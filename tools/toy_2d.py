@@ -22,10 +22,13 @@ def _main(argv) -> int:
     ap.add_argument("--ect-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=128, help="width of the MLP denoiser")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run_toy(teacher_steps=args.teacher_steps, ect_steps=args.ect_steps, batch=args.batch, seed=args.seed)
+    res = run_toy(
+        teacher_steps=args.teacher_steps, ect_steps=args.ect_steps, batch=args.batch, seed=args.seed, hidden=args.hidden
+    )
     print(json.dumps(dataclasses.asdict(res), indent=2))
     return 0
 

@@ -165,12 +165,18 @@ def _pair_summary(
     span: tuple[float, float],
 ) -> str:
     """One sentence on which of two sizes is more compute-efficient where."""
-    where = "in their common measured range" if frac is not None else "(no common measured range: extrapolated)"
     if not cross:
         large_lower = float(fl.curve(span[1])) < float(fs.curve(span[1]))
+        lo, hi = (
+            max(fs.compute_range_flops[0], fl.compute_range_flops[0]),
+            min(fs.compute_range_flops[1], fl.compute_range_flops[1]),
+        )
+        measured = (
+            f"measured together from {lo:.3g} to {hi:.3g} FLOPs" if frac is not None else "no common measured range"
+        )
         return (
             f"{large if large_lower else small} is lower than {small if large_lower else large} at equal compute "
-            f"everywhere from {span[0]:.3g} to {span[1]:.3g} FLOPs {where}."
+            f"on the fitted curves from {span[0]:.3g} to {span[1]:.3g} FLOPs ({measured}; beyond it extrapolated)."
         )
     parts = []
     for c in cross:

@@ -1,6 +1,7 @@
-"""Exact resume of the distillation objectives on 2 CPU ranks (bf16 ZeRO-1): a CD and an ECD run stopped mid-way
-and resumed in fresh processes, with the teacher reloaded from its file, give the same losses and bit-identical
-weights, EMAs (CD's target network theta- included), Adam state and compute record as uninterrupted runs."""
+"""Exact resume of distillation on 2 CPU ranks (bf16 ZeRO-1): a CD run stopped mid-way and resumed in fresh
+processes, with the teacher reloaded from its file, gives the same losses and bit-identical weights, EMAs (its
+target network theta- included), Adam state and compute record as an uninterrupted run. ECD keeps no state beyond
+ECT's and CD's (its teacher is reloaded the same way), so it is run once, for the frozen-teacher and compute checks."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from tests.distributed import run_ranks
 pytestmark = pytest.mark.slow  # Several processes: not in the fast subset.
 
 OBJECTIVES = ("cd", "ecd")
+RESUMED = ("cd",)  # Stopped and resumed; ECD's teacher reload is CD's.
 STAGE, PRECISION = 1, "bf16"  # As test_resume.py: the default engine, with bf16 teacher replicas.
 SLICED = {"train.slice_nimg": 16, "checkpoint.interval_nimg": 16, "checkpoint.keep_last": 1}  # Stop at 16 of 32.
 NO_CKPT = {"checkpoint.enabled": "false"}
@@ -62,7 +64,10 @@ def _uninterrupted_then_first_slice(rank, world_size, root, teacher):
         extra = _extra(obj, teacher, **NO_CKPT)
         out[f"{obj}/a"] = train(rank, world_size, f"{root}/{obj}/a", STAGE, PRECISION, extra, before_run=probe)
         out[f"{obj}/a"]["frozen"] = probe.check()
-        out[f"{obj}/b1"] = train(rank, world_size, f"{root}/{obj}/b", STAGE, PRECISION, _extra(obj, teacher, **SLICED))
+        if obj in RESUMED:
+            out[f"{obj}/b1"] = train(
+                rank, world_size, f"{root}/{obj}/b", STAGE, PRECISION, _extra(obj, teacher, **SLICED)
+            )
     probe = FrozenProbe()  # ZeRO-3: theta- gathered from partitioned masters, bf16 replicas (fp32 parameter copy).
     extra = _extra("cd", teacher, **NO_CKPT, **{"train.total_nimg": 16, "engine.param_dtype": "fp32"})
     out["cd/zero3"] = train(rank, world_size, f"{root}/cd/zero3", 3, "fp32", extra, before_run=probe)
@@ -73,7 +78,7 @@ def _uninterrupted_then_first_slice(rank, world_size, root, teacher):
 def _resume(rank, world_size, root, teacher):
     return {
         obj: train(rank, world_size, f"{root}/{obj}/b", STAGE, PRECISION, _extra(obj, teacher, **SLICED))
-        for obj in OBJECTIVES
+        for obj in RESUMED
     }
 
 
@@ -104,7 +109,7 @@ def _fwd_flops(cfg) -> float:
     return model_stats(cfg.network)["fwd_flops"]
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", RESUMED)
 def test_stop_and_resume_is_bitwise_identical(runs, objective):
     a, b1, b2 = runs["first"][f"{objective}/a"], runs["first"][f"{objective}/b1"], runs["second"][objective]
     assert b1["end"]["nimg"] == 16 and b2["start"]["nimg"] == 16 and b2["end"]["nimg"] == 32
@@ -134,9 +139,10 @@ def test_the_teacher_is_frozen_and_theta_minus_is_the_target_ema(runs, run):
 def test_compute_record_counts_the_teacher_and_reports_its_pretraining(runs, objective):
     """Heun: 2 teacher forwards per image; CD: online 3 + theta- 1, ECD: online 4 (ECT's) — 6 forward passes of this
     size either way. The teacher's own training is reported beside the run's, never added."""
-    rows = [json.loads(line) for line in open(os.path.join(runs["root"], objective, "b", "stats.jsonl"))]
+    run = os.path.join(runs["root"], objective, "b" if objective in RESUMED else "a")
+    rows = [json.loads(line) for line in open(os.path.join(run, "stats.jsonl"))]
     last = rows[-1]
     assert last["Compute/train_flops"] == pytest.approx(32 * 6 * runs["fwd"], rel=1e-12)
     assert last["Compute/teacher_train_flops"] == TEACHER_FLOPS
-    exported = sorted(os.listdir(os.path.join(runs["root"], objective, "b", "ema")))
+    exported = sorted(os.listdir(os.path.join(run, "ema")))
     assert exported and not any("target" in name for name in exported)  # theta- is not exported.

@@ -36,3 +36,14 @@ def test_duplicate_exports_of_two_runs_are_paired():
     row = dict(method="cd", seed=0, nimg=15360, kind="own")
     rows = [{**row, "run": "cd-s0", "fd2": 15.8}, {**row, "run": "cd-x0.5-s0", "fd2": 15.8}, {**row, "kind": "shared"}]
     assert dc.duplicates(rows) == {("cd-s0", "cd-x0.5-s0", 15360): (15.8, 15.8)}
+
+
+def test_reached_looks_only_at_budgets_up_to_by():
+    def row(method, seed, budget, fd2):
+        return dict(method=method, seed=seed, budget=budget, fd2=fd2, train_flops=budget, kind="own")
+
+    rows = [row("ect", s, 1.0, 17.0) for s in (0, 1)]
+    rows += [row("ecd", s, b, fd) for s in (0, 1) for b, fd in ((0.5, 26.0), (1.0, 19.0), (2.0, 15.6))]
+    assert dc.reached(rows, "ecd") and dc.reached(rows, "ecd", by=2.0)
+    assert not dc.reached(rows, "ecd", by=1.0)  # A re-run that already has 2x must not stop the ladder at 0.5x.
+    assert not dc.reached(rows, "cd")

@@ -60,8 +60,20 @@ def micro_loss(net_call, module, cfg, rank: int, step: int, rnd: int, nimg: int,
     return out.loss.mean()
 
 
+_REFERENCE_RUNS: dict = {}
+
+
 def reference_run(cfg, world_size: int, steps: int) -> tuple[dict, list[float]]:
-    """Plain single-process PyTorch: same global batch, Adam, forced WN after each step."""
+    """Plain single-process PyTorch: same global batch, Adam, forced WN after each step. It does not depend on the
+    engine section (ZeRO stage, precision), so tests of several stages share one run per session (copies)."""
+    key = (repr(cfg.network), repr(cfg.optim), repr(cfg.train), repr(cfg.ect), world_size, steps)
+    if key not in _REFERENCE_RUNS:
+        _REFERENCE_RUNS[key] = _reference_run(cfg, world_size, steps)
+    state, losses = _REFERENCE_RUNS[key]
+    return {k: v.clone() for k, v in state.items()}, list(losses)
+
+
+def _reference_run(cfg, world_size: int, steps: int) -> tuple[dict, list[float]]:
     net = initial_net(cfg)
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)

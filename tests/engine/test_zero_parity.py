@@ -4,7 +4,7 @@ batch, with forced weight normalisation applied to the fp32 master weights. Each
 import pytest
 import torch
 
-from tests.distributed import run_ranks
+from tests.distributed import run_cases
 from tests.engine.common import initial_net, micro_loss, reference_run, tiny_cfg
 
 pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
@@ -38,11 +38,17 @@ def _worker(rank, world_size, stage, precision):
     return {"state": state if rank == 0 else None, "losses": losses, "wn_err": err}
 
 
+@pytest.fixture(scope="module")
+def runs():
+    """Every stage and precision in one pair of processes (an engine per case)."""
+    return run_cases(_worker, {(stage, p): (stage, p) for p in ("fp32", "bf16") for stage in (1, 2, 3)})
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stage_matches_reference_fp32(stage):
+def test_zero_stage_matches_reference_fp32(stage, runs):
     cfg = tiny_cfg(stage, "fp32")
     ref_state, ref_losses = reference_run(cfg, world_size=2, steps=STEPS)
-    results = run_ranks(_worker, 2, args=(stage, "fp32"), timeout=300)
+    results = runs[(stage, "fp32")]
     assert results[0]["losses"] == pytest.approx(ref_losses, rel=1e-5)
     # Adam amplifies fp32 reduction-order noise for near-zero gradients (steps are ~lr in size); a missing
     # all-reduce would show as differences ~lr = 1e-2, far above this tolerance.
@@ -54,9 +60,9 @@ def test_zero_stage_matches_reference_fp32(stage):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_bf16_master_weights_stay_normalised(stage):
+def test_bf16_master_weights_stay_normalised(stage, runs):
     ref_state, ref_losses = reference_run(tiny_cfg(stage, "fp32"), world_size=2, steps=STEPS)
-    results = run_ranks(_worker, 2, args=(stage, "bf16"), timeout=300)
+    results = runs[(stage, "bf16")]
     for r in results:
         assert r["wn_err"] < 1e-3  # Forced WN holds on the fp32 masters under bf16 ZeRO.
     # bf16 compute tracks the fp32 reference loosely.

@@ -6,7 +6,7 @@ reported gradient norm do not depend on the scale, overflowing steps are skipped
 import pytest
 import torch
 
-from tests.distributed import run_ranks
+from tests.distributed import run_cases, run_ranks
 from tests.engine.common import initial_net, micro_loss, reference_run, tiny_cfg
 
 STEPS = 3
@@ -68,11 +68,28 @@ def _update_error(state, ref, cfg) -> float:
     return (num / den) ** 0.5
 
 
-@pytest.mark.parametrize("stage,param_dtype", [(1, "auto"), (2, "auto"), (3, "auto"), (1, "fp32")])
-def test_fp16_tracks_fp32_reference(stage, param_dtype):
+FP16 = [(1, "auto"), (2, "auto"), (3, "auto"), (1, "fp32")]  # (ZeRO stage, parameter copy)
+SCALE = {"engine.loss_scale": 256, "optim.grad_clip": 0.05}  # A fixed loss scale, clipping active.
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Every engine case of this file in one pair of processes (an engine per case)."""
+    cases = {
+        # Dynamic scaling (from 2^8 here: the tiny net's fp16 weight gradients overflow at the default 2^16).
+        **{("fp16", s, d): (s, "fp16", {"engine.param_dtype": d}, 2.0**8) for s, d in FP16},
+        "scale-256": (1, "fp16", SCALE),
+        "scale-4096": (1, "fp16", {**SCALE, "engine.loss_scale": 4096}),
+        "overflow": (1, "fp16", {}, 2.0**80),
+        "tf32": (1, "tf32", {}),
+    }
+    return run_cases(_worker, cases)
+
+
+@pytest.mark.parametrize("stage,param_dtype", FP16)
+def test_fp16_tracks_fp32_reference(stage, param_dtype, runs):
     ref_state, ref_losses = reference_run(tiny_cfg(stage, "fp32"), world_size=2, steps=STEPS)
-    # Dynamic scaling (from 2^8 here: the tiny net's fp16 weight gradients overflow at the default 2^16).
-    results = run_ranks(_worker, 2, args=(stage, "fp16", {"engine.param_dtype": param_dtype}, 2.0**8), timeout=300)
+    results = runs[("fp16", stage, param_dtype)]
     r0 = results[0]
     assert r0["module_dtype"] == "torch.float16"
     assert all(r0["applied"]) and r0["scales"] == [2.0**8] * STEPS
@@ -83,14 +100,12 @@ def test_fp16_tracks_fp32_reference(stage, param_dtype):
     assert all(r["wn_err"] < 1e-3 for r in results)
 
 
-def test_loss_scale_is_invisible_to_the_update_and_the_norm():
+def test_loss_scale_is_invisible_to_the_update_and_the_norm(runs):
     """fp16 at fixed scales 2^8 and 2^12: the same gradient norm (unscaled before it is reported and clipped) and
     the same weights, with clipping active, so that a missing unscale (a factor of 16 between the runs) would change
     the reported norm and the clipping. (Adam is almost invariant to a constant gradient factor, so the norm is
     what exposes a wrong scale.)"""
-    extra = {"engine.loss_scale": 256, "optim.grad_clip": 0.05}
-    plain = run_ranks(_worker, 2, args=(1, "fp16", extra), timeout=300)[0]
-    scaled = run_ranks(_worker, 2, args=(1, "fp16", {**extra, "engine.loss_scale": 4096}), timeout=300)[0]
+    plain, scaled = runs["scale-256"][0], runs["scale-4096"][0]
     assert plain["scales"] == [256.0] * STEPS and scaled["scales"] == [4096.0] * STEPS
     # fp16 rounding differs between the scales (small gradients fall into fp16's subnormals at 2^8), and Adam
     # carries it into the next step: ~1e-3. A missing or doubled unscale would be off by 16x.
@@ -99,8 +114,8 @@ def test_loss_scale_is_invisible_to_the_update_and_the_norm():
     assert _update_error(scaled["state"], plain["state"], tiny_cfg(1, "fp32")) < 0.02
 
 
-def test_overflow_skips_on_every_rank_and_halves_the_scale():
-    results = run_ranks(_worker, 2, args=(1, "fp16", {}, 2.0**80), timeout=300)
+def test_overflow_skips_on_every_rank_and_halves_the_scale(runs):
+    results = runs["overflow"]
     for r in results:  # fp16 gradients overflow at 2^80: the step is skipped everywhere and the scale halves.
         assert r["applied"] == [False] * STEPS
         assert r["scales"] == [2.0**80, 2.0**79, 2.0**78]
@@ -110,9 +125,9 @@ def test_overflow_skips_on_every_rank_and_halves_the_scale():
             torch.testing.assert_close(results[0]["state"][name], v.reshape(results[0]["state"][name].shape))
 
 
-def test_tf32_mode_is_fp32_on_cpu_and_matches_reference():
+def test_tf32_mode_is_fp32_on_cpu_and_matches_reference(runs):
     ref_state, ref_losses = reference_run(tiny_cfg(1, "fp32"), world_size=2, steps=STEPS)
-    r0 = run_ranks(_worker, 2, args=(1, "tf32", {}), timeout=300)[0]
+    r0 = runs["tf32"][0]
     assert r0["module_dtype"] == "torch.float32"
     assert r0["losses"] == pytest.approx(ref_losses, rel=1e-5)
     assert _update_error(r0["state"], ref_state, tiny_cfg(1, "fp32")) < 1e-3  # fp32 reduction-order noise only.

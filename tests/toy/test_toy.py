@@ -1,4 +1,5 @@
-"""The 2-D toy: ECT's 2-step samples beat the teacher's 2-step samples by a wide margin (CPU, ~1 minute)."""
+"""The 2-D toy: ECT's 2-step samples beat the teacher's 2-step samples by a wide margin (CPU, under a minute; at
+width 128: SWD of the teacher with 32 Heun steps 0.018, ECT 2-step 0.062, the teacher with 2 Euler steps 0.386)."""
 
 import pytest
 
