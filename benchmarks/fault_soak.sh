@@ -104,7 +104,7 @@ session() {
         sleep 0.2
       done
     fi
-    local left=$(( delay * 5 ))  # Fifths of a second; the clock stands still while the store is out (see below).
+    local left=$(( delay * 5 ))  # Fifths of a second; with KILL_DURING_OUTAGE=0 it stands still while the store is out.
     while kill -0 "$pid" 2>/dev/null && (( left > 0 )); do
       sleep 0.2
       [[ ${KILL_DURING_OUTAGE:-1} == 1 || $(cat "$WORK/mode" 2>/dev/null) != refuse ]] && left=$(( left - 1 ))
