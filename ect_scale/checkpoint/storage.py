@@ -112,10 +112,13 @@ class Destination:
                 raise FileNotFoundError(self.display(*parts))
             return True
 
-        try:
-            return self._call(what, lookup, *parts)
-        except FileNotFoundError:
-            return False
+        for attempt in range(2):  # A "no" asked twice: a restart can end between the 404 and the canary's check.
+            try:
+                return self._call(what, lookup, *parts)
+            except FileNotFoundError:
+                if attempt == 0:
+                    self.refresh()
+        return False
 
     # ------------------------------------------------------------------ naming
     def path(self, *parts: str) -> str:
@@ -135,7 +138,11 @@ class Destination:
         try:
             entries = self._call("listing", lambda: self.fs.ls(self.root, detail=False))
         except FileNotFoundError:
-            return []
+            try:  # Asked once more: a restart can end between the 404 and the canary's check.
+                self.refresh()
+                entries = self._call("listing", lambda: self.fs.ls(self.root, detail=False))
+            except FileNotFoundError:
+                return []
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
         return sorted(n for n in names if TAG_RE.match(n))
 

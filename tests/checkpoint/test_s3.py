@@ -72,7 +72,13 @@ def _worker(rank, world_size, root, bucket):
     first = _trainer(rank, f"{root}/run", dest, staging, **{"train.slice_nimg": 24})
     saved: dict = {}
     _cut_upload_at(first, 24, rank=1, snaps=saved)
-    first.run()
+    from ect_scale.checkpoint.layout import CheckpointError
+
+    try:  # The failed save is the one at the slice's stop: the run ends with the error, not as if it had saved.
+        first.run()
+        stop_error = None
+    except CheckpointError as e:
+        stop_error = str(e)
     fs = fsspec.filesystem("s3")
     if rank == 0:  # A save that crashed mid-upload: files, no marker.
         fs.pipe(f"{dest.removeprefix('s3://')}/ckpt-000000000032/rank-00000.safetensors", b"partial")
@@ -97,6 +103,7 @@ def _worker(rank, world_size, root, bucket):
         "end": end,
         "exported": exported,
         "reports": [r.__dict__ for r in first.checkpointer.reports],
+        "stop_error": stop_error,
         "listing": listing,
         "latest": latest,
         "final": final,
@@ -125,6 +132,9 @@ def test_failed_upload_keeps_previous_checkpoint(result):
         assert "Access Denied" in failed["errors"][1]
         assert failed["latest"].endswith("ckpt-000000000016")  # Known without asking the failing store.
         assert r["latest"] == "ckpt-000000000016"
+        error = r["stop_error"]  # Every rank stops with one line naming the latest complete checkpoint.
+        assert error is not None and "\n" not in error and "latest complete checkpoint is" in error
+        assert error.split("latest complete checkpoint is ", 1)[1].startswith(f"{failed['latest']}.")
         assert r["listing"] == ["LOCK", "ckpt-000000000008", "ckpt-000000000016", "ckpt-000000000032", "latest"]
 
 
