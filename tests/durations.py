@@ -20,11 +20,10 @@ class DurationCheck:
         self.seconds: dict[str, float] = defaultdict(float)
         self.slow: set[str] = set()
 
-    def pytest_collection_modifyitems(self, items):
-        self.slow.update(item.nodeid for item in items if item.get_closest_marker("slow"))
-
-    def pytest_runtest_logreport(self, report):
+    def pytest_runtest_logreport(self, report):  # (Under pytest-xdist these arrive from the workers.)
         self.seconds[report.nodeid] += report.duration
+        if "slow" in report.keywords:
+            self.slow.add(report.nodeid)
 
     def over(self) -> list[tuple[str, float]]:
         """Tests over the threshold without the marker, longest first."""
@@ -57,5 +56,7 @@ class DurationCheck:
 
 
 def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # A pytest-xdist worker: the controlling process checks the whole run.
+        return
     limit = float(os.environ.get("ECT_SCALE_SLOW_S", SLOW_S))
     config.pluginmanager.register(DurationCheck(limit, os.environ.get("ECT_SCALE_DURATIONS", "")), "duration-check")
