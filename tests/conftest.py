@@ -125,3 +125,10 @@ def s3_bucket(s3_server):
     fs.mkdir(name)
     yield f"s3://{name}"
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first (the order within a file kept): pytest-xdist (`-n 2`, whole files per worker,
+    `--dist loadfile` in pyproject.toml) then ends on short files instead of one worker finishing a long one."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)

@@ -3,6 +3,7 @@
 ran in under half of SLOW_S are listed, so the fast subset can take them back.
 
 ECT_SCALE_SLOW_S changes the threshold; ECT_SCALE_SLOW_S=0 turns the check off (a machine loaded by other jobs).
+Under pytest-xdist with N workers the threshold is N x SLOW_S (each test shares the cores with N - 1 others).
 ECT_SCALE_DURATIONS=<file> writes every test's seconds and marker there as JSON."""
 
 import json
@@ -55,8 +56,17 @@ class DurationCheck:
                 terminalreporter.line(f"{seconds:7.1f} s  {nodeid}")
 
 
+def workers(config) -> int:
+    """pytest-xdist's worker count (-n), 1 without it."""
+    n = config.getoption("numprocesses", None) if config.pluginmanager.hasplugin("xdist") else None
+    if n in (None, 0):
+        return 1
+    return (os.cpu_count() or 1) if isinstance(n, str) else int(n)
+
+
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # A pytest-xdist worker: the controlling process checks the whole run.
         return
-    limit = float(os.environ.get("ECT_SCALE_SLOW_S", SLOW_S))
+    # With N workers on the machine each test shares the cores with N - 1 others: N x the threshold.
+    limit = float(os.environ.get("ECT_SCALE_SLOW_S", SLOW_S)) * workers(config)
     config.pluginmanager.register(DurationCheck(limit, os.environ.get("ECT_SCALE_DURATIONS", "")), "duration-check")

@@ -56,10 +56,14 @@ def test_bf16_compute_tracks_fp32(setup):
 
 @pytest.mark.slow
 def test_compile_matches_eager_and_keeps_masks_shared(setup):
+    """Through TorchDynamo and AOTAutograd (the graphs, the grad and no-grad passes, the explicit masks) with the
+    `aot_eager` backend: inductor's CPU code generation of a forward and backward takes minutes on two cores. Inductor
+    itself runs in tests/precision/test_precision_units.py (compiled forward per precision mode) and, compiled for
+    training, in tests/precision/test_gpu_modes.py and the GPU benchmarks."""
     net, x0, masks = setup
     ref_loss, ref_grads = _loss_and_grads(net, x0, masks)
     compiled = copy.deepcopy(net)
-    compiled.compile(dynamic=False)
+    compiled.compile(dynamic=False, backend="aot_eager")
     loss, grads = _loss_and_grads(compiled, x0, masks)
     assert loss == pytest.approx(ref_loss, rel=1e-4)
     for n, g in ref_grads.items():
