@@ -11,8 +11,8 @@ re-enters a section at every step, so a healthy run never gets close). When one 
 
   1. writes every thread's Python stack to `<log_dir>/hang-rank<R>.log`, headed by the section and how long it lasted;
   2. compares notes with the other ranks through the rendezvous store: each hung rank publishes its section and when
-     it entered it, and the rank that stopped first (the likely cause: e.g. stuck in a read while the others wait for
-     it in a collective) reports, naming every hung rank's section;
+     it entered it, and the likely cause reports, naming every hung rank's section: a rank stuck in a section without
+     collectives (`data`: a read) before ranks waiting in a collective, else the rank that stopped first;
   3. reports like any failure (`entry.abort`): one line `error (rank R): no progress for ... in section "data" ...`,
      the other ranks stop within seconds (their logs get their own stacks), and the process exits with
      `HANG_EXIT_CODE` (3), so that a scheduler (launchers/slurm_train.sbatch) requeues the job.
@@ -39,6 +39,14 @@ from ect_scale.runtime.errors import UserError
 HANG_EXIT_CODE = 3
 KEY = "ect_scale.hang.{rank}"  # A key of the rendezvous store, one per rank.
 COMPARE_S = 3.0  # How long a hung rank waits for the other ranks' notes before deciding who reports.
+# Sections that make no collective call: a rank stuck in one cannot be waiting for a peer, so it is the cause
+# and reports, whatever the start times (ranks waiting in a collective for it may have stopped a moment earlier).
+LOCAL_SECTIONS = ("data",)
+
+
+def blame_order(section: str, since_wall: float) -> tuple[bool, float]:
+    """Who reports a hang: the lowest of these (a local section first, then the rank that stopped first)."""
+    return section not in LOCAL_SECTIONS, since_wall
 
 
 class HangError(UserError):
@@ -118,8 +126,9 @@ class Watchdog:
         return path
 
     def _compare(self, section: str, since_wall: float) -> str:
-        """Publish this rank's note, read the others'; if another hung rank stopped earlier, let it report (this rank
-        is stopped by the peer watch when it does). Returns the other ranks' sections for the message."""
+        """Publish this rank's note, read the others'; if another hung rank is more likely the cause (`blame_order`),
+        let it report (this rank is stopped by the peer watch when it does). Returns the other ranks' sections for
+        the message."""
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world < 2 or not peers.publish(KEY.format(rank=self.rank), json.dumps([section, since_wall])):
             return ""
@@ -134,7 +143,8 @@ class Watchdog:
             if len(notes) == world - 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        earlier = [r for r, (_, t) in notes.items() if t < since_wall]
+        mine = blame_order(section, since_wall)
+        earlier = [r for r, (name, t) in notes.items() if blame_order(name, t) < mine]
         if earlier:
             time.sleep(2 * COMPARE_S)  # The rank that stopped first reports; the peer watch ends this one meanwhile.
         now = time.time()

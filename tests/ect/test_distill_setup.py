@@ -4,6 +4,7 @@ sources."""
 
 import glob
 import os
+import sys
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_trainer_start_stops_an_unfit_teacher_with_one_line(tmp_path):
     from tests.launchers.common import assert_one_line_error, run
 
     unfit = _net_file(tmp_path / "unfit.safetensors", label_dim=0)
-    cmd = ["python", "launchers/train.py", "--config", "configs/demo-digits-teacher.yaml"] + TINY
+    cmd = [sys.executable, "launchers/train.py", "--config", "configs/demo-digits-teacher.yaml"] + TINY
     args = ["--ect.objective=cd", "--ect.learned_uncertainty=false", f"--teacher={unfit}", f"--run_dir={tmp_path}/run"]
     proc = run(cmd + args)
     line = assert_one_line_error(proc, f"error: teacher: {unfit} does not fit this run's network and data")

@@ -71,3 +71,11 @@ def test_a_read_stuck_on_a_stalled_store_is_caught_in_section_data(tmp_path, s3_
     error, stacks = got[0]
     assert "in section 'data' on rank 0" in str(error)
     assert "ect_scale/data/storage.py" in stacks and "readinto" in stacks  # Where it waited: the shard read.
+
+
+def test_a_rank_stuck_in_a_read_reports_before_ranks_waiting_for_it_in_a_collective():
+    from ect_scale.runtime.watchdog import blame_order
+
+    # Rank 0 entered the step's collective 1 s before rank 1 got stuck in its read: rank 1 is the cause.
+    assert blame_order("data", 101.0) < blame_order("step", 100.0)
+    assert blame_order("step", 100.0) < blame_order("checkpoint", 101.0)  # Otherwise the first to stop.
