@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.distributed import run_ranks
+from tests.distributed import run_cases, run_ranks
 from tests.engine.common import ListStream, tiny_cfg
 
 pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
@@ -40,16 +40,29 @@ COMMON = {
 }
 
 
-def test_nonfinite_loss_on_one_rank_skips_the_step_everywhere(tmp_path):
-    # Rank 1's 2nd micro-batch (step 0, round 1) holds a NaN: step 0 is skipped on both ranks, later steps apply.
-    results = run_ranks(
-        _run_trainer, 2, args=(str(tmp_path), 2, 1, dict(COMMON, **{"train.total_nimg": 8})), timeout=300
-    )
+SCHEDULES = dict(COMMON, **{"optim.decay_nimg": 8, "ect.stage_nimg": 16})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The 2-rank runs of this file in one pair of processes: a NaN run and the schedules run."""
+    root = tmp_path_factory.mktemp("trainer")
+    cases = {
+        # Rank 1's 2nd micro-batch (step 0, round 1) holds a NaN.
+        "nan": (str(root / "nan"), 2, 1, dict(COMMON, **{"train.total_nimg": 8})),
+        "schedules": (str(root / "w2"), 2, -1, SCHEDULES),
+    }
+    return root, run_cases(_run_trainer, cases)
+
+
+def test_nonfinite_loss_on_one_rank_skips_the_step_everywhere(two_ranks):
+    root, runs = two_ranks
+    results = runs["nan"]  # Step 0 is skipped on both ranks, later steps apply.
     for r in results:
         assert r["state"]["skipped_steps"] == 1 and r["state"]["nimg"] == 8
     for name, v in results[0]["before"].items():
         assert torch.equal(results[0]["after"][name], v), name  # Nothing reached the weights.
-    stats = [json.loads(line) for line in open(tmp_path / "stats.jsonl")]
+    stats = [json.loads(line) for line in open(root / "nan" / "stats.jsonl")]
     assert stats[-1]["Progress/skipped_steps"] == 1
 
 
@@ -57,11 +70,11 @@ def _stats(path):
     return {round(row["kimg"] * 1000): row for row in map(json.loads, open(path))}
 
 
-def test_schedules_count_images_across_world_sizes_and_micro_batches(tmp_path):
-    extra = dict(COMMON, **{"optim.decay_nimg": 8, "ect.stage_nimg": 16})
-    two = run_ranks(_run_trainer, 2, args=(str(tmp_path / "w2"), 2, -1, extra), timeout=300)
-    one = run_ranks(_run_trainer, 1, args=(str(tmp_path / "w1"), 4, -1, extra), timeout=300)
-    a, b = _stats(tmp_path / "w2" / "stats.jsonl"), _stats(tmp_path / "w1" / "stats.jsonl")
+def test_schedules_count_images_across_world_sizes_and_micro_batches(tmp_path, two_ranks):
+    root, runs = two_ranks
+    two = runs["schedules"]
+    one = run_ranks(_run_trainer, 1, args=(str(tmp_path / "w1"), 4, -1, SCHEDULES), timeout=300)
+    a, b = _stats(root / "w2" / "stats.jsonl"), _stats(tmp_path / "w1" / "stats.jsonl")
     assert sorted(a) == sorted(b) == [8, 16, 24, 32]
     for nimg in a:
         for key in ("Optim/lr", "ECT/stage", "ECT/ratio"):
@@ -80,7 +93,7 @@ def test_schedules_count_images_across_world_sizes_and_micro_batches(tmp_path):
     assert a[32]["Compute/device_hours"] == pytest.approx(2 * a[32]["Compute/wall_hours"], rel=1e-6)
     assert b[32]["Compute/device_hours"] == pytest.approx(b[32]["Compute/wall_hours"], rel=1e-6)
     # Monitoring: TensorBoard events and per-bucket losses exist; EMAs were exported world-size independently.
-    assert any(f.startswith("events.out") for f in os.listdir(tmp_path / "w2" / "tensorboard"))
+    assert any(f.startswith("events.out") for f in os.listdir(root / "w2" / "tensorboard"))
     assert any(k.startswith("Loss/t_") for k in a[8])
     assert (
         two[0]["ema_dir"]
