@@ -46,12 +46,13 @@ def report(
     grads: bool = False,
     grad_batches: Optional[list] = None,
     compiled: bool = False,
+    backend: str = "inductor",
 ) -> dict:
     """Rows {stage, dt_over_t, t, r, signal, c, errors{mode}, ratios{mode}} and per-stage gradient noise (the
-    gradients are measured eagerly)."""
+    gradients are measured eagerly). `backend`: torch.compile's, when `compiled`."""
     nets = {m: bf16_weights(net) for m in modes if m.endswith("@bf16")}
     if compiled:
-        nets = {m: torch.compile(nets.get(m, net), dynamic=False) for m in modes}
+        nets = {m: torch.compile(nets.get(m, net), dynamic=False, backend=backend) for m in modes}
     masks = net.sample_dropout_masks(x0.shape[0], torch.Generator(device=x0.device).manual_seed(1), device=x0.device)
     rows, grad_rows = [], []
     for stage in stages:
