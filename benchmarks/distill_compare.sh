@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/env.sh
+source launchers/require_done.sh
 device_env distill_compare
 OUT=${1:-runs/distill_compare}
 Q=${QUICKSTART:-$OUT/base}   # data/, classifier.safetensors, teacher/ (the quickstart's first three steps)
@@ -37,7 +38,9 @@ train() {  # train NAME CONFIG ARGS...: one deepspeed run on 2 CPU processes, sk
   fi
   local t=$SECONDS
   $NICE deepspeed --num_gpus "$NPROC" --master_port "$PORT" launchers/train.py --config "$config" --run_dir="$OUT/$name" \
-    --data.url="$Q/data/manifest.json" --checkpoint.enabled=false --logging.progress=plain "$@" > "$OUT/$name.log" 2>&1
+    --data.url="$Q/data/manifest.json" --checkpoint.enabled=false --logging.progress=plain "$@" > "$OUT/$name.log" 2>&1 \
+    || { echo "error: $name failed; the end of $OUT/$name.log:"; tail -5 "$OUT/$name.log"; exit 1; } >&2
+  require_done "$OUT/$name" || exit 1   # deepspeed's status is 0 even when its launch process was killed.
   say "$name: trained in $((SECONDS - t)) s"
 }
 
