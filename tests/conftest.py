@@ -132,3 +132,13 @@ def pytest_collection_modifyitems(items):
     `--dist loadfile` in pyproject.toml) then ends on short files instead of one worker finishing a long one."""
     heavy = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in heavy)
+
+
+@pytest.fixture
+def proxy(s3_server):
+    """A fault-injecting TCP proxy in front of the loopback S3 server (tests/runtime/store_proxy.py)."""
+    from tests.runtime.store_proxy import StoreProxy
+
+    p = StoreProxy(s3_server)
+    yield p
+    p.close()

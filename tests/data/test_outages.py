@@ -20,13 +20,6 @@ pytestmark = pytest.mark.slow  # Store outages of seconds.
 KW = {"batch_gpu": 4, "rank": 0, "world_size": 1, "seed": 5}
 
 
-@pytest.fixture
-def proxy(s3_server):
-    p = StoreProxy(s3_server)
-    yield p
-    p.close()
-
-
 def _cfg(url: str, proxy: StoreProxy, **kw) -> DataConfig:
     return DataConfig(
         **{

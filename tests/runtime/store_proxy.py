@@ -68,6 +68,11 @@ class StoreProxy:
         elif self._listener is None:
             self._listen(self.port)
 
+    def out_for(self, mode: str, seconds: float) -> None:
+        """`mode` now, back to "pass" after `seconds` (in the background)."""
+        self.set_mode(mode)
+        threading.Timer(seconds, self.set_mode, ("pass",)).start()
+
     def close(self) -> None:
         self._closed = True
         self._unlisten()

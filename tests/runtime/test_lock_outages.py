@@ -5,7 +5,6 @@ entry point, and leaves nothing held. The same through a whole killed-and-restar
 (docs/reliability.md)."""
 
 import os
-import threading
 
 import pytest
 
@@ -17,21 +16,9 @@ from tests.runtime.store_proxy import StoreProxy
 pytestmark = pytest.mark.slow  # Store outages of seconds.
 
 
-@pytest.fixture
-def proxy(s3_server):
-    p = StoreProxy(s3_server)
-    yield p
-    p.close()
-
-
 def _lock(folder: str, proxy: StoreProxy, window_s: float) -> FolderLock:
     options = StorageOptions(endpoint_url=proxy.endpoint, connect_timeout_s=1, read_timeout_s=1, retries=1)
     return FolderLock(folder, fs=filesystem(folder, options)[0], outage_window_s=window_s)
-
-
-def _out_for(proxy: StoreProxy, mode: str, seconds: float) -> None:
-    proxy.set_mode(mode)
-    threading.Timer(seconds, proxy.set_mode, ("pass",)).start()
 
 
 def _messages(caplog, text: str) -> list[str]:
@@ -40,14 +27,14 @@ def _messages(caplog, text: str) -> list[str]:
 
 def test_the_lock_is_taken_and_released_through_a_refusal_and_a_restart(s3_bucket, proxy, caplog):
     lock = _lock(f"{s3_bucket}/ckpts", proxy, window_s=30)
-    _out_for(proxy, "refuse", 2.0)
+    proxy.out_for("refuse", 2.0)
     assert lock.acquire() is None  # The folder was free: taken once the store is back.
     record = lock.read()
     assert record["pid"] == os.getpid() and not record["released"]
-    _out_for(proxy, "404", 1.5)  # A restart: the record reads as missing, and its write answers 404 too.
+    proxy.out_for("404", 1.5)  # A restart: the record reads as missing, and its write answers 404 too.
     again = _lock(f"{s3_bucket}/other", proxy, window_s=30)
     assert again.acquire() is None and again.read()["token"] == again.record["token"]
-    _out_for(proxy, "refuse", 1.5)
+    proxy.out_for("refuse", 1.5)
     lock.release()
     assert lock.read()["released"]
     again.release()

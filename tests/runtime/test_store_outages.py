@@ -4,7 +4,6 @@ folder's LOCK, which exists, says the store is not telling the truth). A store o
 checkpoint.outage_window_s during a run's save: tests/runtime/test_run_outages.py."""
 
 import os
-import threading
 
 import pytest
 
@@ -16,24 +15,12 @@ from tests.runtime.store_proxy import StoreProxy
 pytestmark = pytest.mark.slow  # Store outages of seconds.
 
 
-@pytest.fixture
-def proxy(s3_server):
-    p = StoreProxy(s3_server)
-    yield p
-    p.close()
-
-
 def _destination(bucket: str, proxy: StoreProxy, window_s: float) -> Destination:
     lock = FolderLock(f"{bucket}/ckpts")  # A run locks its checkpoint folder before any checkpoint I/O.
     lock.acquire()
     lock.release()
     options = StorageOptions(endpoint_url=proxy.endpoint, connect_timeout_s=1, read_timeout_s=1, retries=1)
     return Destination(f"{bucket}/ckpts", window_s, options)
-
-
-def _out_for(proxy: StoreProxy, mode: str, seconds: float) -> None:
-    proxy.set_mode(mode)
-    threading.Timer(seconds, proxy.set_mode, ("pass",)).start()
 
 
 def test_checkpoint_io_waits_through_refusal_stall_and_restart(s3_bucket, proxy, tmp_path, caplog):
@@ -43,13 +30,13 @@ def test_checkpoint_io_waits_through_refusal_stall_and_restart(s3_bucket, proxy,
     blob.write_bytes(os.urandom(1 << 20))
     tag = "ckpt-000000000008"
     for i, mode in enumerate(("refuse", "404")):
-        _out_for(proxy, mode, 1.5)
+        proxy.out_for(mode, 1.5)
         dest.upload(str(blob), tag, f"part-{i}")  # Checks the stored size too.
-    _out_for(proxy, "stall", 2.5)  # The read timeout (1 s) ends each stalled request.
+    proxy.out_for("stall", 2.5)  # The read timeout (1 s) ends each stalled request.
     dest.write_text_atomic("{}", tag, "COMPLETE")
-    _out_for(proxy, "404", 1.5)
+    proxy.out_for("404", 1.5)
     assert dest.tags() == [tag]  # Not [] (a fresh start) while the store restarts.
-    _out_for(proxy, "404", 1.5)
+    proxy.out_for("404", 1.5)
     assert dest.is_complete(tag)  # Not "incomplete" (skipped at resume, deleted by retention).
     assert dest.sizes(tag) == {"part-0": 1 << 20, "part-1": 1 << 20, "COMPLETE": 2}
     starts = [r.getMessage() for r in caplog.records if "the store is not answering" in r.getMessage()]
