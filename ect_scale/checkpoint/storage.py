@@ -76,7 +76,7 @@ class Destination:
             self.canary = self.path(LOCK_NAME)
 
     # ------------------------------------------------------------------ outages
-    def _call(self, what: str, fn: Callable[[], Any], *parts: str) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], *parts: str, write: bool = False) -> Any:
         """`fn()`, riding out an outage of an object store (see the module docstring); local: just `fn()`."""
         if self.is_local:
             return fn()
@@ -86,9 +86,17 @@ class Destination:
             option="checkpoint.outage_window_s",
             clock=self.clock,
             what=f"{what} {self.display(*parts)}",
-            classify=self._outage,
+            classify=self._write_outage if write else self._outage,
             on_retry=self.refresh,
         )
+
+    def _write_outage(self, error: BaseException) -> Optional[str]:
+        """A PUT never meets a missing key, so in a folder whose lock record exists a 404 on a write is a store
+        restarting, even when the restart has ended by the time the lock record is asked (a race `_outage` loses)."""
+        reason = outage_reason(error)
+        if reason is None and self.canary is not None and is_missing(error):
+            reason = f"404 on a write under {self.url}, whose lock record exists: the store is restarting?"
+        return reason
 
     def _outage(self, error: BaseException) -> Optional[str]:
         reason = outage_reason(error)
@@ -194,7 +202,7 @@ class Destination:
     def upload(self, local_path: str, *parts: str) -> None:
         """Upload one file and check the stored size (a truncated upload raises)."""
         remote = self.path(*parts)
-        self._call("uploading to", lambda: self.fs.put_file(local_path, remote), *parts)
+        self._call("uploading to", lambda: self.fs.put_file(local_path, remote), *parts, write=True)
         self.fs.invalidate_cache(remote)
         stored, want = self.size(*parts), os.path.getsize(local_path)
         if stored != want:
@@ -211,7 +219,7 @@ class Destination:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         else:
-            self._call("writing", lambda: self.fs.pipe_file(target, text.encode()), *parts)
+            self._call("writing", lambda: self.fs.pipe_file(target, text.encode()), *parts, write=True)
 
     def remove_checkpoint(self, tag: str) -> None:
         """Delete a checkpoint folder, its marker first (an interrupted removal leaves an incomplete checkpoint,

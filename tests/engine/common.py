@@ -43,16 +43,16 @@ def initial_net(cfg, seed: int = 0):
     return net
 
 
-def batch_for(rank: int, step: int, rnd: int, n: int):
+def batch_for(rank: int, step: int, rnd: int, n: int, res: int = 16):
     """Distinct data per rank, step and accumulation round (a missing all-reduce would show)."""
     g = torch.Generator().manual_seed(1000 * step + 100 * rnd + rank)
-    x0 = torch.randn(n, 4, 16, 16, generator=g) * 0.5
+    x0 = torch.randn(n, 4, res, res, generator=g) * 0.5
     labels = torch.randint(10, (n,), generator=g)
     return x0, labels
 
 
 def micro_loss(net_call, module, cfg, rank: int, step: int, rnd: int, nimg: int, reduce_any=None, device="cpu"):
-    x0, labels = batch_for(rank, step, rnd, cfg.train.batch_gpu)
+    x0, labels = batch_for(rank, step, rnd, cfg.train.batch_gpu, cfg.network.img_resolution)
     x0, labels = x0.to(device), labels.to(device)
     gen = step_generator(cfg.train.seed, rank, nimg, device, stream=rnd)
     masks = module.sample_dropout_masks(x0.shape[0], gen, device=device, dtype=module.compute_dtype)

@@ -46,6 +46,7 @@ class StoreProxy:
         self.upstream = (host or "127.0.0.1", int(up_port))
         self.mode = "pass"
         self.requests = 0
+        self._errors_left: Optional[int] = None  # answer_next: error answers left before "pass".
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: Optional[socket.socket] = None
@@ -72,6 +73,14 @@ class StoreProxy:
         """`mode` now, back to "pass" after `seconds` (in the background)."""
         self.set_mode(mode)
         threading.Timer(seconds, self.set_mode, ("pass",)).start()
+
+    def answer_next(self, mode: str, n: int) -> None:
+        """Answer the next `n` requests with error `mode`, then "pass" (a restart that ends between two requests)."""
+        if mode not in _ERRORS:
+            raise ValueError(f"mode {mode!r} is not one of {tuple(_ERRORS)}")
+        self.set_mode(mode)
+        with self._lock:
+            self._errors_left = n
 
     def close(self) -> None:
         self._closed = True
@@ -131,7 +140,12 @@ class StoreProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        mode = self.mode
+        with self._lock:
+            mode = self.mode
+            if mode in _ERRORS and self._errors_left is not None:
+                self._errors_left -= 1
+                if self._errors_left <= 0:  # This connection is the last one answered with an error.
+                    self.mode, self._errors_left = "pass", None
         if mode in _ERRORS:
             self._answer_errors(client, mode)
         elif mode == "stall":

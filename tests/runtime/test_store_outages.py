@@ -46,3 +46,18 @@ def test_checkpoint_io_waits_through_refusal_stall_and_restart(s3_bucket, proxy,
     assert "(cannot connect); retrying for up to 60 s (checkpoint.outage_window_s)" in starts[0]
     assert "/ckpts/LOCK too, which exists: the store is restarting?)" in starts[-1]
     assert not dest.exists(tag, "never-written")  # A real 404 (the LOCK answers) is believed at once.
+
+
+def test_a_404_on_a_write_is_an_outage_even_when_the_lock_answers_right_after(s3_bucket, proxy, tmp_path):
+    """The restart ends between the failed PUT and the lock record's check: a PUT never meets a missing key, so
+    the write is retried instead of believed (this race once failed the test above on a loaded CI machine)."""
+    dest = _destination(s3_bucket, proxy, window_s=30)
+    blob = tmp_path / "shard.bin"
+    blob.write_bytes(os.urandom(1 << 16))
+    tag = "ckpt-000000000016"
+    proxy.answer_next("404", 1)
+    dest.upload(str(blob), tag, "part-0")
+    proxy.answer_next("404", 1)
+    dest.write_text_atomic("{}", tag, "COMPLETE")
+    assert proxy.requests == 2 and dest.clock.count() == 2
+    assert dest.sizes(tag) == {"part-0": 1 << 16, "COMPLETE": 2}
