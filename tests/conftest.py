@@ -9,7 +9,10 @@ os.environ.setdefault("ECT_SCALE_EXIT_WATCHDOG_S", "0")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Up to 2 threads per test process, and no more than the cores each xdist worker has (`-n 2` on 2 cores: 1 each;
+# more would only make the workers take turns on the cores).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["pytester", "tests.durations"]  # tests.durations: the `slow` marker checked against the run.

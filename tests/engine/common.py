@@ -25,6 +25,7 @@ def tiny_cfg(stage: int, precision: str = "fp32", batch_size: int = 8, batch_gpu
         "--ect.q=2",
         "--ect.P_mean=0.0",
         "--ect.P_std=1.0",
+        "--logging.sample_grid=0",  # No sample grids with EMA exports (tests/launchers/test_output.py checks them).
     ]
     args += [f"--{k}={v}" for k, v in extra.items()]
     return load_config(None, args)

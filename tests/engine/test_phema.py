@@ -56,7 +56,7 @@ def test_solver_rejects_bad_times():
         solve_posthoc_coefficients([0, 8], [0.05, 0.05], [8], [0.07])
 
 
-STEPS = 48
+STEPS = 24
 
 
 def _train_and_export(rank, world_size, run_dir):
@@ -72,6 +72,7 @@ def _train_and_export(rank, world_size, run_dir):
             "checkpoint.enabled": "false",
             "train.total_nimg": 8 * STEPS,
             "ema.beta": "null",
+            "logging.sample_grid": 0,  # No sample grid with each export.
         },
     )
     trainer = Trainer(cfg, stream=ListStream(rank, 4))

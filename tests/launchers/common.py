@@ -67,28 +67,12 @@ def log_of(proc: subprocess.CompletedProcess) -> str:
 
 
 def make_digits(out: str, shards: int = 4) -> str:
-    """512 digits as 8x8 grayscale shards (the teacher's input); returns the manifest path."""
-    subprocess.run(
-        [
-            sys.executable,
-            "tools/make_shards.py",
-            "--source",
-            "sklearn-digits",
-            "--out",
-            out,
-            "--resolution",
-            "8",
-            "--pixels",
-            "--grayscale",
-            "--num-shards",
-            str(shards),
-            "--limit",
-            "512",
-        ],
-        cwd=REPO,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    """512 digits as 8x8 grayscale shards (the teacher's input); returns the manifest path. Made in this process
+    (the command line itself: tests/data/test_make_shards.py)."""
+    from tests.conftest import load_script
+
+    argv = ["--source", "sklearn-digits", "--out", out, "--resolution", "8", "--pixels", "--grayscale"]
+    argv += ["--num-shards", str(shards), "--limit", "512", "--rank", "0", "--world-size", "1"]
+    code = load_script("tools/make_shards.py").main(argv)
+    assert code in (0, None), f"make_shards exited with {code}"
     return os.path.join(out, "manifest.json")

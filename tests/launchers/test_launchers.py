@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.distributed import free_port
+from tests.launchers.common import make_digits
 
 pytestmark = pytest.mark.slow  # Several processes or a full run: not in the fast subset.
 
@@ -19,31 +20,7 @@ BIN = os.path.dirname(sys.executable)
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    subprocess.run(
-        [
-            sys.executable,
-            "tools/make_shards.py",
-            "--source",
-            "sklearn-digits",
-            "--out",
-            str(out),
-            "--resolution",
-            "8",
-            "--pixels",
-            "--grayscale",
-            "--num-shards",
-            "4",
-            "--limit",
-            "512",
-        ],
-        cwd=REPO,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return str(out / "manifest.json")
+    return make_digits(str(tmp_path_factory.mktemp("digits")))
 
 
 def _args(digits, run_dir):

@@ -42,7 +42,9 @@ def _worker(rank, world_size, root, bucket, upstream):
         saved[trainer.state.nimg] = snapshot(trainer)
         if trainer.state.nimg in (16, 24):
             proxy.set_mode("404" if trainer.state.nimg == 16 else "refuse")
-            threading.Timer(1.5 if trainer.state.nimg == 16 else 120, proxy.set_mode, ("pass",)).start()
+            back = threading.Timer(1.5 if trainer.state.nimg == 16 else 120, proxy.set_mode, ("pass",))
+            back.daemon = True  # The 120 s one must not hold this process at its exit.
+            back.start()
         return real_save(trainer)
 
     first.checkpointer.save = save
