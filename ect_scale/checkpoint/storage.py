@@ -112,6 +112,15 @@ class Destination:
         except Exception:  # noqa: BLE001 - missing, or the store is not answering
             return False
 
+    def _asked_twice(self, what: str, fn: Callable[[], Any], *parts: str) -> Any:
+        """`_call`, and once more after a 404 (raised the second time): a restart can end between the 404 and
+        the canary's check, which then finds the canary and makes the 404 look real."""
+        try:
+            return self._call(what, fn, *parts)
+        except FileNotFoundError:
+            self.refresh()
+            return self._call(what, fn, *parts)
+
     def _found(self, what: str, fn: Callable[[], bool], *parts: str) -> bool:
         """A yes/no lookup whose "no" is checked against the canary like a 404."""
 
@@ -120,13 +129,10 @@ class Destination:
                 raise FileNotFoundError(self.display(*parts))
             return True
 
-        for attempt in range(2):  # A "no" asked twice: a restart can end between the 404 and the canary's check.
-            try:
-                return self._call(what, lookup, *parts)
-            except FileNotFoundError:
-                if attempt == 0:
-                    self.refresh()
-        return False
+        try:
+            return self._asked_twice(what, lookup, *parts)
+        except FileNotFoundError:
+            return False
 
     # ------------------------------------------------------------------ naming
     def path(self, *parts: str) -> str:
@@ -144,13 +150,9 @@ class Destination:
         """Checkpoint folders under the root (complete or not), oldest first."""
         self.refresh()
         try:
-            entries = self._call("listing", lambda: self.fs.ls(self.root, detail=False))
+            entries = self._asked_twice("listing", lambda: self.fs.ls(self.root, detail=False))
         except FileNotFoundError:
-            try:  # Asked once more: a restart can end between the 404 and the canary's check.
-                self.refresh()
-                entries = self._call("listing", lambda: self.fs.ls(self.root, detail=False))
-            except FileNotFoundError:
-                return []
+            return []
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
         return sorted(n for n in names if TAG_RE.match(n))
 
@@ -169,7 +171,7 @@ class Destination:
 
     def size(self, *parts: str) -> Optional[int]:
         try:
-            return int(self._call("checking", lambda: self.fs.info(self.path(*parts)), *parts)["size"])
+            return int(self._asked_twice("checking", lambda: self.fs.info(self.path(*parts)), *parts)["size"])
         except FileNotFoundError:
             return None
 
@@ -179,7 +181,7 @@ class Destination:
         self.refresh()
         base = self.path(tag).rstrip("/") + "/"
         try:
-            found = self._call("listing", lambda: self.fs.find(base, detail=True), tag)
+            found = self._asked_twice("listing", lambda: self.fs.find(base, detail=True), tag)
         except FileNotFoundError:
             return {}
         return {

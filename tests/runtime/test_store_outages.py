@@ -48,9 +48,10 @@ def test_checkpoint_io_waits_through_refusal_stall_and_restart(s3_bucket, proxy,
     assert not dest.exists(tag, "never-written")  # A real 404 (the LOCK answers) is believed at once.
 
 
-def test_a_404_on_a_write_is_an_outage_even_when_the_lock_answers_right_after(s3_bucket, proxy, tmp_path):
-    """The restart ends between the failed PUT and the lock record's check: a PUT never meets a missing key, so
-    the write is retried instead of believed (this race once failed the test above on a loaded CI machine)."""
+def test_a_404_is_not_believed_when_the_restart_ends_before_the_lock_is_asked(s3_bucket, proxy, tmp_path):
+    """The restart ends between the failed request and the lock record's check (one 404, then the store is back;
+    this race once failed the test above on a loaded CI machine). A PUT never meets a missing key, so a write is
+    retried as in an outage; a lookup is asked once more before its "not found" is believed."""
     dest = _destination(s3_bucket, proxy, window_s=30)
     blob = tmp_path / "shard.bin"
     blob.write_bytes(os.urandom(1 << 16))
@@ -60,4 +61,13 @@ def test_a_404_on_a_write_is_an_outage_even_when_the_lock_answers_right_after(s3
     proxy.answer_next("404", 1)
     dest.write_text_atomic("{}", tag, "COMPLETE")
     assert proxy.requests == 2 and dest.clock.count() == 2
-    assert dest.sizes(tag) == {"part-0": 1 << 16, "COMPLETE": 2}
+    lookups = {
+        "size": (lambda: dest.size(tag, "part-0"), 1 << 16),
+        "sizes": (lambda: dest.sizes(tag), {"part-0": 1 << 16, "COMPLETE": 2}),
+        "tags": (dest.tags, [tag]),
+        "is_complete": (lambda: dest.is_complete(tag), True),
+    }
+    for name, (lookup, want) in lookups.items():
+        proxy.answer_next("404", 1)
+        assert lookup() == want, name
+    assert proxy.requests == 2 + len(lookups)
