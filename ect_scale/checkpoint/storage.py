@@ -86,22 +86,20 @@ class Destination:
             option="checkpoint.outage_window_s",
             clock=self.clock,
             what=f"{what} {self.display(*parts)}",
-            classify=self._write_outage if write else self._outage,
+            classify=lambda e: self._outage(e, write),
             on_retry=self.refresh,
         )
 
-    def _write_outage(self, error: BaseException) -> Optional[str]:
-        """A PUT never meets a missing key, so in a folder whose lock record exists a 404 on a write is a store
-        restarting, even when the restart has ended by the time the lock record is asked (a race `_outage` loses)."""
+    def _outage(self, error: BaseException, write: bool = False) -> Optional[str]:
+        """Why `error` is a store outage (None: it is not). A 404 is one where the lock record (the canary) is
+        missing too; on a write always, as a PUT never meets a missing key (and asking the canary can race the end
+        of a restart and make the 404 look real)."""
         reason = outage_reason(error)
         if reason is None and self.canary is not None and is_missing(error):
-            reason = f"404 on a write under {self.url}, whose lock record exists: the store is restarting?"
-        return reason
-
-    def _outage(self, error: BaseException) -> Optional[str]:
-        reason = outage_reason(error)
-        if reason is None and self.canary is not None and is_missing(error) and not self._canary_found():
-            reason = f"404 for {self.canary} too, which exists: the store is restarting?"
+            if write:
+                reason = f"404 on a write under {self.url}, whose lock record exists: the store is restarting?"
+            elif not self._canary_found():
+                reason = f"404 for {self.canary} too, which exists: the store is restarting?"
         return reason
 
     def _canary_found(self) -> bool:

@@ -78,9 +78,9 @@ class StoreProxy:
         """Answer the next `n` requests with error `mode`, then "pass" (a restart that ends between two requests)."""
         if mode not in _ERRORS:
             raise ValueError(f"mode {mode!r} is not one of {tuple(_ERRORS)}")
-        self.set_mode(mode)
         with self._lock:
-            self._errors_left = n
+            self._errors_left = n  # Before the switch: no request meets the mode without being counted.
+        self.set_mode(mode)
 
     def close(self) -> None:
         self._closed = True
