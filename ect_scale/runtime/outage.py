@@ -200,6 +200,8 @@ def ride_out(
         except Exception as e:  # noqa: BLE001 - classified below; anything else is re-raised
             reason = classify(e)
             if reason is None:
+                if first is not None:  # The store answered (e.g. a 404 believed once it is back): the outage ended.
+                    clock.recovered()
                 raise
             now = time.monotonic()
             first = sent if first is None else first  # The outage began with the first request that failed.

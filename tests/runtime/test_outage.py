@@ -87,6 +87,32 @@ def test_other_errors_pass_through_at_once():
     assert fn.calls == 1 and clock.count() == 0
 
 
+def test_an_outage_ends_when_the_store_answers_with_an_error():
+    """A restart answers 404 (an outage while the canary is missing too), then the store is back and answers a real
+    404: the outage ended there, and the next failure starts a new one (counted, logged)."""
+    lines = []
+    clock = OutageClock("checkpoint store", lines.append)
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    missing = FileNotFoundError("ckpts/ckpt-000000000008/COMPLETE")
+
+    def restart_then_a_real_404():
+        errors = iter([refused, missing])
+
+        def fn():
+            raise next(errors)
+
+        with pytest.raises(FileNotFoundError):
+            ride_out(fn, window_s=30, option="o", clock=clock, what="x", sleep=lambda _: time.sleep(0.01))
+
+    restart_then_a_real_404()
+    assert clock.count() == 1 and len(lines) == 2 and lines[1].startswith("checkpoint store: the store is back after ")
+    lost = clock.lost_sec()
+    time.sleep(0.02)
+    assert clock.lost_sec() == lost  # No longer counting.
+    restart_then_a_real_404()
+    assert clock.count() == 2 and len(lines) == 4
+
+
 def test_the_status_line_shows_the_time_lost():
     from ect_scale.train.monitor import status_line
 

@@ -4,6 +4,7 @@ folder's LOCK, which exists, says the store is not telling the truth). A store o
 checkpoint.outage_window_s during a run's save: tests/runtime/test_run_outages.py."""
 
 import os
+import time
 
 import pytest
 
@@ -71,3 +72,13 @@ def test_a_404_is_not_believed_when_the_restart_ends_before_the_lock_is_asked(s3
         proxy.answer_next("404", 1)
         assert lookup() == want, name
     assert proxy.requests == 2 + len(lookups)
+    # The listing and the lock record (a HEAD, then a LIST for a folder of that name) answer 404: an outage starts.
+    # The listing once more, then the restart ends before the lock is asked again. The outage ended there (counted
+    # once, not still running into the next one).
+    proxy.answer_next("404", 4)
+    assert dest.tags() == [tag] and proxy.requests == 2 + len(lookups) + 4
+    lost = dest.clock.lost_sec()
+    time.sleep(0.05)
+    assert dest.clock.count() == 3 and dest.clock.lost_sec() == lost
+    proxy.answer_next("404", 2)
+    assert dest.tags() == [tag] and dest.clock.count() == 4
