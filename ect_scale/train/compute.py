@@ -80,8 +80,8 @@ class ComputeRecord:
 
 
 class ComputeMeter:
-    """The training compute of a run: FLOPs from images seen, hours from the trainer's counters (`TrainState`:
-    `elapsed_sec`, `device_sec`), so it is exact across resumes and world-size changes."""
+    """The training compute of a run: FLOPs from images seen, hours from the trainer's counters (`TrainState` in
+    `train/state.py`: `elapsed_sec`, `device_sec`), so it is exact across resumes and world-size changes."""
 
     def __init__(self, flops_per_image: float, device_type: str):
         self.flops_per_image = float(flops_per_image)

@@ -15,7 +15,6 @@ import itertools
 import os
 import signal
 import time
-from dataclasses import dataclass, field, fields
 from typing import Iterator, Optional
 
 import torch
@@ -31,7 +30,6 @@ from ect_scale.networks import build_network, forced_weight_norm_
 from ect_scale.networks.flops import model_stats
 from ect_scale.networks.netfile import check_compatible, load_network_file
 from ect_scale.precision.control import PrecisionControl
-from ect_scale.precision.modes import LossScaler
 from ect_scale.runtime import dist, entry
 from ect_scale.runtime.errors import UserError
 from ect_scale.runtime.intervals import Interval
@@ -43,37 +41,9 @@ from ect_scale.train.compute import ComputeMeter, flops_per_image, init_compute,
 from ect_scale.train.monitor import Monitor, StepStats
 from ect_scale.train.outputs import EMAOutputs
 from ect_scale.train.prefetch import DevicePrefetcher
+from ect_scale.train.state import TrainState
 from ect_scale.train.summary import config_rows, param_count, run_summary
 from ect_scale.train.teacher import Distillation, check_frozen_files, target_profile
-
-
-@dataclass
-class TrainState:
-    """The run's counters (checkpointed). The fp16 loss scaler's state is part of it: read from and written to
-    `scaler` when the state is saved or restored, never copied per step."""
-
-    nimg: int = 0  # Images seen (all ranks).
-    steps: int = 0  # Optimizer steps attempted.
-    skipped_steps: int = 0  # Steps skipped because a loss or the gradient norm was not finite.
-    nonfinite_targets: int = 0  # Target-pass samples dropped for being non-finite.
-    elapsed_sec: float = 0.0  # Training wall time across resumes.
-    device_sec: float = 0.0  # Training wall time x ranks across resumes (device-seconds; GPU-seconds on GPUs).
-    scaler: Optional[LossScaler] = field(default=None, repr=False, compare=False)  # fp16 runs only.
-
-    def state_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scaler"}
-        out["loss_scaler"] = self.scaler.state_dict() if self.scaler is not None else {}
-        return out
-
-    def load_state_dict(self, d: dict) -> None:
-        if "device_sec" not in d:  # A checkpoint from before device-seconds were counted: a lower bound.
-            self.device_sec = float(d.get("elapsed_sec", 0.0))
-        for k, v in d.items():
-            if k == "loss_scaler":
-                if v and self.scaler is not None:
-                    self.scaler.load_state_dict(v)
-            else:
-                setattr(self, k, type(getattr(self, k))(v))
 
 
 def start_network(cfg: Config) -> tuple[torch.nn.Module, dict, dict]:
