@@ -85,50 +85,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(
-            errors[0]
-            if len(errors) == 1
-            else f"{path}: {value!r} matches none of {_type_name(tp)}. Fix: check the value's type"
-        )
+        return _coerce_union(value, tp, path)
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{path}: must be one of {list(choices)}, got {value!r}{hint}. Fix: pick one of the listed values"
-            )
-        return value
+        return _coerce_choice(value, get_args(tp), path)
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = (
-                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
-            )
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}. Fix: write it as [a, b, ...]")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(
-                    f"{path}: expected {len(args)} values, got {len(value)}. Fix: give exactly {len(args)}"
-                )
-            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
-        elem = args[0] if args else Any
-        out = [_coerce(v, elem, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _coerce_sequence(value, tp, path)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}. Fix: write it as {{key: value}}")
@@ -141,41 +102,95 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 f"{path}: expected a section (mapping), got {value!r}. Fix: set its fields as {path}.FIELD=VALUE"
             )
         return from_dict(tp, value, path)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{path}: expected true/false, got {value!r}. Fix: write true or false")
-    if tp is int:
-        if path.endswith("_nimg") or path.split(".")[-1].endswith("_nimg"):
-            return parse_nimg(value, path)
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}. Fix: write a whole number")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value == int(value):
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected an integer, got {value!r}. Fix: write a whole number")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}. Fix: write a number such as 0.001")
+    scalar = _SCALARS.get(tp)
+    return scalar(value, path) if scalar is not None else value
+
+
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    """`Optional[X]` / `X | Y`: None (or "none"/"null") where allowed, else the first member that accepts it."""
+    args = get_args(tp)
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected a number, got {value!r}. Fix: write a number such as 0.001") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{path}: expected a string, got {value!r}. Fix: quote the value")
-        return str(value)
+            return _coerce(value, arg, path)
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)}. Fix: check the value's type")
+
+
+def _coerce_choice(value: Any, choices: tuple, path: str) -> Any:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{path}: must be one of {list(choices)}, got {value!r}{hint}. Fix: pick one of the listed values"
+        )
     return value
+
+
+def _coerce_sequence(value: Any, tp: Any, path: str) -> Any:
+    """A list or tuple, from YAML or from a command-line string ("[1, 2]" or "1,2")."""
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {value!r}. Fix: write it as [a, b, ...]")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}. Fix: give exactly {len(args)}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    elem = args[0] if args else Any
+    out = [_coerce(v, elem, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(out) if origin is tuple else out
+
+
+def _to_bool(value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{path}: expected true/false, got {value!r}. Fix: write true or false")
+
+
+def _to_int(value: Any, path: str) -> int:
+    if path.split(".")[-1].endswith("_nimg"):
+        return parse_nimg(value, path)  # Image counts also take "100k", "2.5M".
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value == int(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{path}: expected an integer, got {value!r}. Fix: write a whole number")
+
+
+def _to_float(value: Any, path: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: expected a number, got {value!r}. Fix: write a number such as 0.001") from None
+
+
+def _to_str(value: Any, path: str) -> str:
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{path}: expected a string, got {value!r}. Fix: quote the value")
+    return str(value)
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 @functools.lru_cache(maxsize=None)
