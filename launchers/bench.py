@@ -21,7 +21,7 @@ from ect_scale.config import load_config
 from ect_scale.runtime import entry
 
 
-def _main(argv) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="edm2-img512-s")
     ap.add_argument("--batch-gpu", type=int, default=32)
@@ -58,7 +58,12 @@ def _main(argv) -> int:
     ap.add_argument("--gate-name", default="", help="this job's name in --gate (its starter marks it done on exit)")
     ap.add_argument("--gate-timeout", type=float, default=900.0, help="longest wait for the others (s)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args, overrides = ap.parse_known_args(argv)
+    return ap
+
+
+def _config(args, overrides: list[str]):
+    """The benchmark's run config: the network and engine options above, synthetic data shaped like the network's
+    input, no checkpoints or logs; `overrides` (`--a.b=value`) last."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     fields = {
         "network.preset": args.preset,
@@ -86,7 +91,7 @@ def _main(argv) -> int:
     }
     cfg = load_config(None, [f"--{k}={v}" for k, v in fields.items()] + overrides)
     net = cfg.network  # Synthetic data shaped like the network's input (latent moments or RGB pixels).
-    cfg = load_config(
+    return load_config(
         None,
         [f"--{k}={v}" for k, v in fields.items()]
         + [
@@ -96,6 +101,12 @@ def _main(argv) -> int:
         ]
         + overrides,
     )
+
+
+def _main(argv) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    cfg = _config(args, overrides)
+
     from ect_scale.runtime import dist
     from ect_scale.runtime.gate import TimingGate
     from ect_scale.train.bench import benchmark, limit_gpu_memory
