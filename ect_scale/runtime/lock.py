@@ -8,8 +8,9 @@
 The lock is `<folder>/LOCK`, a small JSON record of the holder: host, PID, the process's start time (to tell a reused
 PID apart), when the run started and when it last renewed the record. A holder is alive while
 
-  * on this host: its process still runs (same PID and process start time; a local lock file is also held with
-    `flock`, which the kernel releases when the process dies, however it dies);
+  * on this host: its process still runs (same PID and process start time, not exited: a killed run's process
+    that nobody reaped counts as dead; a local lock file is also held with `flock`, which the kernel releases when
+    the process dies, however it dies);
   * on another host: it renewed the record within `stale_s` (a daemon thread renews it every `stale_s / 4`).
 
 A second run on a live holder's folder is refused; a dead holder's lock is taken over, and `acquire` returns the
@@ -54,14 +55,34 @@ class FolderBusyError(ConfigError):
 
 
 def process_start(pid: int) -> Optional[str]:
-    """An identity of process `pid` that survives PID reuse (Linux: boot id + start time in clock ticks)."""
+    """An identity of process `pid` that survives PID reuse (Linux: boot id + start time in clock ticks); None if
+    there is no such process or it has exited. An exited process whose parent has not reaped it (a zombie: in a
+    container whose PID 1 reaps no orphans, a killed run stays one for good) holds nothing."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            start = f.read().rsplit(")", 1)[1].split()[19]
+        fields = _stat(f"/proc/{pid}/stat")
+        if _exited(pid, fields[0]):
+            return None
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f"{f.read().strip()}:{start}"
+            return f"{f.read().strip()}:{fields[19]}"
     except (OSError, IndexError):
         return None
+
+
+def _stat(path: str) -> list[str]:
+    """The fields of a /proc stat file after the command name: state, ppid, ..., starttime (proc(5), field 22)."""
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _exited(pid: int, state: str) -> bool:
+    """Whether every thread of process `pid` has exited (its main thread's state alone turns Z first)."""
+    if state not in ("Z", "X"):
+        return False
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        return all(_stat(f"/proc/{pid}/task/{t}/stat")[0] in ("Z", "X") for t in threads)
+    except (OSError, IndexError):
+        return True  # Gone while we looked.
 
 
 def holder_alive(record: dict, stale_s: float, now: Optional[float] = None) -> bool:

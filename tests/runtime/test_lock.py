@@ -37,10 +37,11 @@ def test_a_live_process_holds_the_folder_until_it_is_killed(tmp_path):
         assert "\n" not in text and f"{folder} is in use by another run (host " in text
         assert f"pid {holder.pid}, started " in text and "Fix: wait for that run to end or stop it" in text
         holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        _wait_until_exited(holder.pid)  # Not reaped: a zombie, as a killed run stays where PID 1 reaps no orphans.
         lock = FolderLock(folder)
-        dead = lock.acquire()  # The kernel released the flock; the record names a process that is gone.
+        dead = lock.acquire()  # The kernel released the flock; the record names a process that has exited.
         assert dead is not None and dead["pid"] == holder.pid
+        holder.wait()
         lock.release()
         assert json.load(open(os.path.join(folder, "LOCK")))["released"] is True
         again = FolderLock(folder)
@@ -49,6 +50,15 @@ def test_a_live_process_holds_the_folder_until_it_is_killed(tmp_path):
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def _wait_until_exited(pid: int, timeout_s: float = 30) -> None:
+    """Until every thread of `pid` has exited (the process is a zombie, not yet reaped by its parent, this test)."""
+    deadline = time.time() + timeout_s
+    task = f"/proc/{pid}/task"
+    while not all(open(f"{task}/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "Z" for t in os.listdir(task)):
+        assert time.time() < deadline, f"process {pid} did not exit"
+        time.sleep(0.01)
 
 
 def _put_record(folder: str, record: dict) -> None:
