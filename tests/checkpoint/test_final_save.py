@@ -13,7 +13,7 @@ from tests.checkpoint.common import make_cfg
 from tests.distributed import run_ranks
 from tests.engine.common import ListStream
 
-pytestmark = pytest.mark.slow  # DeepSpeed runs in a spawned process.
+pytestmark = pytest.mark.slow  # DeepSpeed runs in a rank process.
 
 CKPT = {"checkpoint.interval_nimg": 8, "checkpoint.async_save": "false", "logging.sample_grid": 0}
 
