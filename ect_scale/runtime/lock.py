@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 
 from ect_scale.runtime.errors import ConfigError, UserError
 from ect_scale.runtime.outage import OutageClock, error_codes, is_missing, outage_reason, ride_out
+from ect_scale.runtime.procs import has_exited, proc_stat
 
 LOCK_NAME = "LOCK"
 STALE_S = 600.0  # A holder on another host that has not renewed its lock for this long counts as dead.
@@ -56,33 +57,15 @@ class FolderBusyError(ConfigError):
 
 def process_start(pid: int) -> Optional[str]:
     """An identity of process `pid` that survives PID reuse (Linux: boot id + start time in clock ticks); None if
-    there is no such process or it has exited. An exited process whose parent has not reaped it (a zombie: in a
-    container whose PID 1 reaps no orphans, a killed run stays one for good) holds nothing."""
+    there is no such process or it has exited (a killed run's process that nobody reaped holds nothing)."""
     try:
-        fields = _stat(f"/proc/{pid}/stat")
-        if _exited(pid, fields[0]):
+        start = proc_stat(pid)[19]
+        if has_exited(pid):
             return None
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f"{f.read().strip()}:{fields[19]}"
+            return f"{f.read().strip()}:{start}"
     except (OSError, IndexError):
         return None
-
-
-def _stat(path: str) -> list[str]:
-    """The fields of a /proc stat file after the command name: state, ppid, ..., starttime (proc(5), field 22)."""
-    with open(path) as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def _exited(pid: int, state: str) -> bool:
-    """Whether every thread of process `pid` has exited (its main thread's state alone turns Z first)."""
-    if state not in ("Z", "X"):
-        return False
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-        return all(_stat(f"/proc/{pid}/task/{t}/stat")[0] in ("Z", "X") for t in threads)
-    except (OSError, IndexError):
-        return True  # Gone while we looked.
 
 
 def holder_alive(record: dict, stale_s: float, now: Optional[float] = None) -> bool:

@@ -61,11 +61,30 @@ def exit_with_parent(
     threading.Thread(target=_watch, args=args, name="ect-parent-watch", daemon=True).start()
 
 
+def proc_stat(pid: int, thread: Optional[int] = None) -> list[str]:
+    """Linux /proc/<pid>/stat (or a thread's) after the command name: state, ppid, ..., starttime (proc(5), field
+    22 at index 19). Raises OSError where there is no such process."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def has_exited(pid: int) -> bool:
+    """Whether process `pid` is gone or has exited, also when its parent has not reaped it yet (a zombie: where
+    PID 1 reaps no orphans, as in a container without an init, a killed process stays one). Its main thread turns
+    Z before the others have exited, so every thread is checked."""
+    try:
+        if proc_stat(pid)[0] not in ("Z", "X"):
+            return False
+        return all(proc_stat(pid, int(t))[0] in ("Z", "X") for t in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, IndexError, ValueError):
+        return True  # Gone while we looked.
+
+
 def parent_of(pid: int) -> Optional[int]:
     """The parent PID of process `pid` (Linux /proc), or None if unknown."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+        return int(proc_stat(pid)[1])
     except (OSError, IndexError, ValueError):
         return None
 
